@@ -1,0 +1,114 @@
+"""Model bundle: the manifest schema (shared with model_export) and loading with hash verification."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class BundleError(RuntimeError):
+    """The bundle cannot be served; the message says why."""
+
+
+class FileEntry(BaseModel):
+    sha256: str
+    bytes: int
+    precision: Precision | None = None  # ONNX files only
+
+
+class Score(BaseModel):
+    dataset: str
+    split: str
+    n: int
+    metric: Literal["korquad", "squad"]
+    variant: str
+    exact_match: float
+    f1: float
+
+
+class Manifest(BaseModel):
+    """Everything the service needs to serve a bundle; written by model_export."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    languages: list[str]
+    base_model: str
+    max_seq_length: int = Field(gt=8)
+    doc_stride: int = Field(ge=0)
+    max_query_length: int = Field(gt=0)
+    input_names: list[str]
+    output_names: list[str] = ["start_logits", "end_logits"]
+    tokenizer: str = "tokenizer.json"
+    variants: dict[str, str]  # precision -> ONNX file name
+    files: dict[str, FileEntry]
+    scores: list[Score] = []
+    validation: dict[str, object] = {}
+    training: dict[str, object] = {}
+    command: str = ""
+    created: str = ""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_entry(path: Path, precision: Precision | None = None) -> FileEntry:
+    return FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size, precision=precision)
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    path = bundle_dir / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir}: no {MANIFEST}; is this a model bundle made by model_export?")
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, ValidationError) as e:
+        raise BundleError(f"{path}: invalid manifest: {e}") from e
+    if manifest.format_version != FORMAT_VERSION:
+        raise BundleError(f"{path}: format_version {manifest.format_version}, this service reads {FORMAT_VERSION}")
+    return manifest
+
+
+def verify_bundle(bundle_dir: Path, needed: list[str] | None = None) -> Manifest:
+    """Check that the files the service will use exist and match their manifest hashes."""
+    manifest = read_manifest(bundle_dir)
+    for name in needed if needed is not None else list(manifest.files):
+        entry = manifest.files.get(name)
+        if entry is None:
+            raise BundleError(f"{bundle_dir}: {name} is not listed in {MANIFEST}")
+        path = bundle_dir / name
+        if not path.is_file():
+            raise BundleError(f"{bundle_dir}: {name} is listed in {MANIFEST} but missing")
+        size = path.stat().st_size
+        if size != entry.bytes:
+            raise BundleError(f"{path}: {size} bytes, manifest says {entry.bytes}")
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise BundleError(f"{path}: sha256 {digest[:12]}..., manifest says {entry.sha256[:12]}...")
+    return manifest
+
+
+def choose_variant(manifest: Manifest, requested: str, on_cuda: bool) -> str:
+    """Precision to run: the requested one, or fp16 on CUDA / int8 on CPU when the bundle has it, else fp32."""
+    if requested != "auto":
+        if requested not in manifest.variants:
+            raise BundleError(f"variant {requested!r} not in bundle (has {sorted(manifest.variants)})")
+        return requested
+    for candidate in ("fp16", "fp32") if on_cuda else ("int8", "fp32"):
+        if candidate in manifest.variants:
+            return candidate
+    return next(iter(manifest.variants))

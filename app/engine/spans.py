@@ -1,0 +1,110 @@
+"""Start/end logits of a request's windows -> ranked character spans (pure numpy; shared with evaluation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from app.engine.windows import Window
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    score: float  # softmax probability among the request's candidate spans (see README)
+    start: int  # character offsets into the context: text == context[start:end]
+    end: int
+    logit: float  # start logit + end logit, the raw ranking key
+
+
+@dataclass(frozen=True)
+class Decoded:
+    answers: list[Answer]
+    no_answer_score: float | None  # set only when the null answer took part (allow_no_answer)
+    null_logit: float
+
+
+def window_candidates(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    window: Window,
+    top_n: int,
+    max_answer_length: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token (start, end, start+end logit) triples from the top-N starts x top-N ends inside the context."""
+    lo, hi = window.context_start, window.context_end
+    s_log = start_logits[lo:hi]
+    e_log = end_logits[lo:hi]
+    n = min(top_n, hi - lo)
+    if n <= 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    # argpartition then a stable sort keeps ties deterministic
+    s_top = np.sort(np.argpartition(-s_log, n - 1)[:n])
+    e_top = np.sort(np.argpartition(-e_log, n - 1)[:n])
+    s_grid, e_grid = np.meshgrid(s_top, e_top, indexing="ij")
+    length = e_grid - s_grid + 1
+    ok = (length >= 1) & (length <= max_answer_length)
+    s_tok, e_tok = s_grid[ok] + lo, e_grid[ok] + lo
+    return s_tok, e_tok, (start_logits[s_tok] + end_logits[e_tok]).astype(np.float32)
+
+
+def _strip(context: str, start: int, end: int) -> tuple[int, int]:
+    # SentencePiece tokens carry their leading space ("▁word"); answers should not.
+    while start < end and context[start].isspace():
+        start += 1
+    while end > start and context[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max())
+    return z / z.sum()
+
+
+def decode_spans(
+    context: str,
+    windows: Sequence[Window],
+    start_logits: Sequence[np.ndarray],
+    end_logits: Sequence[np.ndarray],
+    *,
+    top_k: int,
+    max_answer_length: int,
+    top_n: int = 20,
+    allow_no_answer: bool = False,
+) -> Decoded:
+    """Merge the windows of one request into the top-k distinct character spans.
+
+    Every window is scored with raw start+end logits, which share one scale across windows; a
+    per-window softmax would favour spans from short windows. Identical character spans found in
+    overlapping windows keep their best logit. `score` is the softmax of the logit over all distinct
+    candidate spans of the request (plus the null answer when `allow_no_answer`).
+    """
+    best: dict[tuple[int, int], float] = {}
+    null_logit = np.inf
+    for window, s_log, e_log in zip(windows, start_logits, end_logits, strict=True):
+        null_logit = min(null_logit, float(s_log[0] + e_log[0]))
+        s_tok, e_tok, logits = window_candidates(s_log, e_log, window, top_n, max_answer_length)
+        for s, e, logit in zip(s_tok, e_tok, logits, strict=True):
+            start, end = _strip(context, int(window.offsets[s, 0]), int(window.offsets[e, 1]))
+            if start >= end:
+                continue
+            key = (start, end)
+            if logit > best.get(key, -np.inf):
+                best[key] = float(logit)
+
+    spans = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
+    logits = np.array([v for _, v in spans] + ([null_logit] if allow_no_answer else []), dtype=np.float64)
+    probs = _softmax(logits) if len(logits) else logits
+    answers = [
+        Answer(context[s:e], float(p), s, e, logit) for ((s, e), logit), p in zip(spans[:top_k], probs, strict=False)
+    ]
+    no_answer_score = None
+    if allow_no_answer:
+        no_answer_score = float(probs[-1])
+        if not answers or null_logit > answers[0].logit:
+            answers = []
+    return Decoded(answers, no_answer_score, float(null_logit))

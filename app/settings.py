@@ -1,0 +1,88 @@
+"""The one Settings object: every knob of the service, read from QA_* environment variables."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The bundle committed with the repository; the service serves it when QA_MODEL_DIR is unset.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+def cpu_quota() -> int:
+    """CPUs this process may use: the cgroup quota when set (containers), else the affinity mask.
+
+    ONNX Runtime sizes its pool from the host's cores and ignores container limits, so the
+    default thread count must come from here.
+    """
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+class Settings(BaseSettings):
+    """Service configuration. Each field is the environment variable QA_<FIELD NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="QA_", env_file=None, extra="ignore")
+
+    # --- model ---
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Model bundle directory (manifest.json inside).")
+    model_variant: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto", description="Which ONNX file of the bundle to run; auto = fp16 on CUDA, int8 on CPU, else fp32."
+    )
+    providers: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto uses CUDA when onnxruntime-gpu sees a GPU, else CPU; cuda fails start-up without one."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads; 0 = the container's CPU quota.")
+    inter_op_threads: int = Field(1, ge=1, description="ORT inter-op threads; graphs here are sequential.")
+    cpu_mem_arena: bool = Field(
+        False, description="ORT CPU arena; off because it keeps the high-water mark of the largest batch."
+    )
+    warmup: bool = Field(True, description="Run a dummy batch of each length bucket before reporting ready.")
+
+    # --- server ---
+    host: str = Field("0.0.0.0", description="Bind address.")  # noqa: S104 - a container service
+    port: int = Field(8000, ge=1, le=65535, description="Bind port.")
+    graceful_timeout_s: float = Field(20.0, gt=0, description="Seconds uvicorn lets in-flight requests finish.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # --- batching ---
+    max_batch_windows: int = Field(32, ge=1, description="Windows per ONNX Runtime call.")
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="Padded tokens (windows x longest window) per call; bounds memory."
+    )
+    max_delay_ms: float = Field(5.0, ge=0, description="How long the batcher waits for more windows.")
+    max_queue_windows: int = Field(2048, ge=1, description="Windows waiting at most; beyond it requests get 429.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline per request; later ones get 504.")
+
+    # --- input limits ---
+    max_question_chars: int = Field(1000, ge=1, description="Longest question, in characters.")
+    max_context_chars: int = Field(30000, ge=1, description="Longest context, in characters.")
+    max_windows_per_request: int = Field(64, ge=1, description="Windows one context may need; more is a 422.")
+    max_batch_items: int = Field(32, ge=1, description="Items in one /batch_answer body.")
+    max_top_k: int = Field(20, ge=1, description="Largest top_k a request may ask for.")
+    max_answer_length_limit: int = Field(256, ge=1, description="Largest max_answer_length (tokens) allowed.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; more is a 413.")
+    top_n: int = Field(20, ge=1, description="Start and end candidates per window considered by decoding.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.max_batch_tokens < 64:
+            raise ValueError("max_batch_tokens must hold at least one window (>= 64 tokens)")
+        if self.max_queue_windows < self.max_windows_per_request:
+            raise ValueError("max_queue_windows must be >= max_windows_per_request, or a valid request never fits")
+        return self
+
+    @property
+    def threads(self) -> int:
+        return self.intra_op_threads or cpu_quota()

@@ -1,0 +1,123 @@
+"""SQuAD-format loading, article splits and training features (windows from app.engine.windows)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from app.engine.windows import PairTokenizer, Window, encode_pairs, label_window, make_windows
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    title: str
+    question: str
+    context: str
+    answers: tuple[tuple[str, int], ...]  # (text, answer_start) pairs; the first one trains
+
+
+@dataclass(frozen=True)
+class Feature:
+    example_index: int
+    window: Window
+    start_position: int
+    end_position: int
+
+
+def parse_articles(spec: str | None, n_articles: int) -> range:
+    """'0:112' -> range(0, 112); None -> every article. Negative and open ends work like slices."""
+    if spec is None:
+        return range(n_articles)
+    lo, sep, hi = spec.partition(":")
+    if not sep:
+        i = int(lo)
+        return range(i, i + 1)
+    return range(n_articles)[slice(int(lo) if lo else None, int(hi) if hi else None)]
+
+
+def load_squad(path: Path, articles: str | None = None) -> list[Example]:
+    """Read a SQuAD v1.1/v2 JSON file, keeping the articles selected by `articles`."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))["data"]
+    out: list[Example] = []
+    for a in parse_articles(articles, len(data)):
+        article = data[a]
+        for para in article["paragraphs"]:
+            for qa in para["qas"]:
+                answers = tuple((x["text"], int(x["answer_start"])) for x in qa.get("answers", []))
+                out.append(Example(qa["id"], article.get("title", ""), qa["question"], para["context"], answers))
+    return out
+
+
+def load_hf_dataset(name: str, split: str) -> list[Example]:
+    """A SQuAD-schema dataset from the `datasets` library (needs the hub or a local cache)."""
+    from datasets import load_dataset  # noqa: PLC0415 - optional
+
+    ds = load_dataset(name, split=split)
+    return [
+        Example(
+            r["id"],
+            r.get("title", ""),
+            r["question"],
+            r["context"],
+            tuple(zip(r["answers"]["text"], map(int, r["answers"]["answer_start"]), strict=True)),
+        )
+        for r in ds
+    ]
+
+
+def load_examples(source: str, articles: str | None = None, split: str = "validation") -> list[Example]:
+    """A JSON file path, or `hf:NAME` for a `datasets` dataset."""
+    if source.startswith("hf:"):
+        return load_hf_dataset(source[3:], split)
+    return load_squad(Path(source), articles)
+
+
+def iter_windows(
+    tokenizer: PairTokenizer,
+    examples: list[Example],
+    max_seq_length: int,
+    doc_stride: int,
+    max_query_length: int,
+    chunk: int = 256,
+) -> Iterator[tuple[int, list[Window]]]:
+    """(example index, its windows), tokenizing in chunks."""
+    for i in range(0, len(examples), chunk):
+        part = examples[i : i + chunk]
+        pairs = encode_pairs(tokenizer, [(e.question, e.context) for e in part])
+        for j, pair in enumerate(pairs):
+            yield i + j, make_windows(pair, max_seq_length, doc_stride, max_query_length)
+
+
+def training_features(
+    tokenizer: PairTokenizer,
+    examples: list[Example],
+    max_seq_length: int,
+    doc_stride: int,
+    max_query_length: int,
+) -> list[Feature]:
+    """Every window of every example, labelled with its answer tokens or CLS (0, 0)."""
+    features: list[Feature] = []
+    for idx, windows in iter_windows(tokenizer, examples, max_seq_length, doc_stride, max_query_length):
+        text, start = examples[idx].answers[0]
+        for w in windows:
+            s, e = label_window(w, start, start + len(text))
+            features.append(Feature(idx, w, s, e))
+    return features
+
+
+def pad_batch(windows: list[Window], pad_id: int, multiple: int = 1) -> dict[str, np.ndarray]:
+    """Right-pad to the longest window of the batch, rounded up to `multiple` (fewer distinct shapes)."""
+    width = -(-max(len(w) for w in windows) // multiple) * multiple
+    ids = np.full((len(windows), width), pad_id, dtype=np.int64)
+    types = np.zeros((len(windows), width), dtype=np.int64)
+    mask = np.zeros((len(windows), width), dtype=np.int64)
+    for i, w in enumerate(windows):
+        ids[i, : len(w)] = w.input_ids
+        types[i, : len(w)] = w.token_type_ids
+        mask[i, : len(w)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}

@@ -1,0 +1,200 @@
+"""Fine-tune an encoder with a start/end head: AdamW, linear warmup/decay, accumulation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model_export.data import Feature, load_examples, pad_batch, training_features
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    base_model: str  # local HF model directory (or a hub id when the hub is reachable)
+    train_file: str
+    output_dir: str
+    train_articles: str | None = "0:112"
+    max_seq_length: int = 384
+    doc_stride: int = 128
+    max_query_length: int = 64
+    epochs: float = 2.0
+    batch_size: int = 16
+    grad_accum: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    freeze_word_embeddings: bool = True
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    max_steps: int | None = None  # overrides epochs (smoke tests)
+    max_examples: int | None = None
+    threads: int | None = None
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 ; auto = bf16 on CUDA when supported, else fp32
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def set_seed(seed: int) -> None:
+    import torch  # noqa: PLC0415
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def length_grouped_batches(features: list[Feature], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffle, then sort within mega-batches by length so CPU time is not spent on padding."""
+    order = list(range(len(features)))
+    rng.shuffle(order)
+    mega = batch_size * 50
+    batches: list[list[int]] = []
+    for i in range(0, len(order), mega):
+        chunk = sorted(order[i : i + mega], key=lambda j: len(features[j].window), reverse=True)
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def load_tokenizer(model_dir: str):  # noqa: ANN201 - tokenizers.Tokenizer
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    path = Path(model_dir) / "tokenizer.json"
+    if path.exists():
+        return Tokenizer.from_file(str(path))
+    return Tokenizer.from_pretrained(model_dir)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) fine-tuning; returns the directory of the final model."""
+    import torch  # noqa: PLC0415
+    from tqdm.auto import tqdm  # noqa: PLC0415
+    from transformers import AutoModelForQuestionAnswering, get_linear_schedule_with_warmup  # noqa: PLC0415
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    tokenizer = load_tokenizer(cfg.base_model)
+    examples = load_examples(cfg.train_file, cfg.train_articles)
+    if cfg.max_examples:
+        examples = examples[: cfg.max_examples]
+    features = training_features(tokenizer, examples, cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length)
+    pad_id = tokenizer.token_to_id("<pad>")
+    if pad_id is None:
+        pad_id = tokenizer.token_to_id("[PAD]") or 0
+    log.info("%d examples -> %d windows", len(examples), len(features))
+
+    model = AutoModelForQuestionAnswering.from_pretrained(cfg.base_model).to(device)
+    if cfg.freeze_word_embeddings:
+        # 250k x 384 embeddings dominate the parameter count; freezing them keeps AdamW cheap on CPU
+        # and keeps rows for pieces unseen in the small training set exactly as pretrained.
+        model.base_model.embeddings.word_embeddings.weight.requires_grad_(False)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim == 1 or "LayerNorm" in name else decay).append(p)
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.learning_rate,
+    )
+    steps_per_epoch = math.ceil(math.ceil(len(features) / cfg.batch_size) / cfg.grad_accum)
+    total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
+    sched = get_linear_schedule_with_warmup(optim, int(total * cfg.warmup_ratio), total)
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    ckpt = _latest_checkpoint(out)
+    if ckpt is not None:
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed from %s at step %d", ckpt, step)
+
+    def save_checkpoint() -> None:
+        d = out / f"checkpoint-{step}"
+        d.mkdir(exist_ok=True)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optim": optim.state_dict(),
+                "sched": sched.state_dict(),
+                "step": step,
+                "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch,
+                "torch_rng": torch.get_rng_state(),
+            },
+            d / "state.pt.tmp",
+        )
+        (d / "state.pt.tmp").rename(d / "state.pt")  # a checkpoint is whole or absent
+        for old in sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old)
+
+    model.train()
+    bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True, mininterval=5)
+    t0 = time.time()
+    losses: list[float] = []
+    while step < total:
+        # the batch order of an epoch depends only on seed+epoch, so a resumed run sees the same order
+        batches = length_grouped_batches(features, cfg.batch_size, random.Random(cfg.seed + epoch))
+        while batch_in_epoch < len(batches) and step < total:
+            group = batches[batch_in_epoch : batch_in_epoch + cfg.grad_accum]
+            for idx in group:
+                feats = [features[i] for i in idx]
+                inputs = {k: torch.from_numpy(v).to(device) for k, v in pad_batch([f.window for f in feats], pad_id, 32).items()}
+                starts = torch.tensor([f.start_position for f in feats], device=device)
+                ends = torch.tensor([f.end_position for f in feats], device=device)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    outputs = model(**inputs, start_positions=starts, end_positions=ends)
+                (outputs.loss / len(group)).backward()
+                losses.append(float(outputs.loss))
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            batch_in_epoch += len(group)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{sched.get_last_lr()[0]:.2e}", epoch=epoch)
+            if step % cfg.save_every == 0:
+                save_checkpoint()
+        if batch_in_epoch >= len(batches):
+            epoch, batch_in_epoch = epoch + 1, 0
+    bar.close()
+
+    final = out / "final"
+    model.save_pretrained(final)
+    shutil.copy(Path(cfg.base_model) / "tokenizer.json", final / "tokenizer.json")
+    (final / "training.json").write_text(
+        json.dumps(
+            {"config": asdict(cfg), "steps": step, "windows": len(features), "examples": len(examples),
+             "seconds": round(time.time() - t0, 1), "final_loss": float(np.mean(losses[-50:])) if losses else None},
+            indent=2,
+        )
+    )
+    log.info("saved %s", final)
+    return final
