@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -106,9 +107,7 @@ def window_capacity(n_special: int, question_tokens: int, max_seq_length: int) -
     return max_seq_length - n_special - question_tokens
 
 
-def make_windows(
-    pair: PairEncoding, max_seq_length: int, doc_stride: int, max_query_length: int
-) -> list[Window]:
+def make_windows(pair: PairEncoding, max_seq_length: int, doc_stride: int, max_query_length: int) -> list[Window]:
     """Slide over the context tokens; consecutive windows share `doc_stride` tokens.
 
     The question is cut to `max_query_length` tokens (the BERT/SQuAD recipe), so a window always has
@@ -145,7 +144,7 @@ def make_windows(
 
 
 def label_window(window: Window, answer_start: int, answer_end: int) -> tuple[int, int]:
-    """Token indices of the answer [answer_start, answer_end) chars in this window; (0, 0) (CLS) if not wholly inside."""
+    """Token indices of the answer chars [answer_start, answer_end); (0, 0), i.e. CLS, unless wholly inside."""
     offs = window.offsets[window.context_start : window.context_end]
     if len(offs) == 0 or answer_start < offs[0, 0] or answer_end > offs[-1, 1]:
         return 0, 0

@@ -1,0 +1,91 @@
+"""HTTP routes: they see only the Engine interface, never onnxruntime or tokenizers."""
+
+# no `from __future__ import annotations`: FastAPI must see the per-settings body classes, not strings
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.schemas import AnswerResponse, BatchAnswerResponse, ErrorResponse, answer_response, request_models
+from app.engine.interface import Engine, QARequest
+from app.metrics import Metrics
+from app.settings import Settings
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 413, 422, 429, 500, 503, 504)
+}
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
+    # the body is already read, so the next ASGI message is the client's disconnect
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
+
+
+async def _answer_all(request: Request, engine: Engine, items: list[QARequest]) -> list[Any]:
+    gone = asyncio.Event()
+    watcher = asyncio.create_task(_watch_disconnect(request, gone))
+    try:
+        return await engine.answer(items, gone)
+    finally:
+        watcher.cancel()
+
+
+def _to_request(body: Any) -> QARequest:
+    return QARequest(body.question, body.context, body.top_k, body.max_answer_length, body.allow_no_answer)
+
+
+def build_router(settings: Settings) -> APIRouter:
+    AnswerRequest, BatchAnswerRequest = request_models(settings)
+    router = APIRouter()
+
+    @router.post("/answer", response_model=AnswerResponse, responses=ERRORS, tags=["qa"])
+    async def answer(body: AnswerRequest, request: Request, engine: EngineDep) -> AnswerResponse:  # type: ignore[valid-type]
+        """Top-k answer spans of `context` for `question`, as character offsets."""
+        [result] = await _answer_all(request, engine, [_to_request(body)])
+        return answer_response(result, engine.model_name)
+
+    @router.post("/batch_answer", response_model=BatchAnswerResponse, responses=ERRORS, tags=["qa"])
+    async def batch_answer(body: BatchAnswerRequest, request: Request, engine: EngineDep) -> BatchAnswerResponse:  # type: ignore[valid-type]
+        """Several answer requests; results come back in the same order. Any invalid item fails the whole body."""
+        results = await _answer_all(request, engine, [_to_request(i) for i in body.items])  # type: ignore[attr-defined]
+        return BatchAnswerResponse(results=[answer_response(r, engine.model_name) for r in results])
+
+    @router.get("/livez", tags=["health"])
+    async def livez(engine: EngineDep) -> JSONResponse:
+        """The process and its batcher are alive. Never touches the model."""
+        h = engine.health()
+        return JSONResponse({"status": "alive" if h.alive else "dead", "detail": h.detail}, 200 if h.alive else 503)
+
+    @router.get("/readyz", tags=["health"])
+    async def readyz(engine: EngineDep) -> JSONResponse:
+        """200 once the model is loaded, verified and warmed up; 503 before (or if it failed)."""
+        h = engine.health()
+        return JSONResponse(
+            {"status": "ready" if h.ready else "not_ready", "detail": h.detail}, 200 if h.ready else 503
+        )
+
+    @router.get("/v1/models", tags=["model"])
+    async def models(engine: EngineDep) -> dict[str, Any]:
+        """Metadata of the served bundle: name, languages, window sizes, precision, provider, scores."""
+        return {"object": "list", "data": [engine.model_info()]}
+
+    @router.get("/metrics", tags=["health"], include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        m: Metrics = request.app.state.metrics
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,101 @@
+"""Request and response bodies; limits come from Settings so OpenAPI shows the real ones."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from app.settings import Settings
+
+
+def check_text(value: str) -> str:
+    """Reject what would break the tokenizer or cannot hold an answer."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        # JSON allows "\ud800"; pydantic passes it, the tokenizer then raises TypeError (a 500)
+        raise ValueError(f"contains a lone surrogate at character {e.start}; send valid Unicode") from None
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace only")
+    return value
+
+
+class AnswerRequestBase(BaseModel):
+    # strict: "3" is not a top_k and 1 is not a bool; extra=forbid catches typos such as "topk"
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    question: str
+    context: str
+    top_k: int = 1
+    max_answer_length: int = 30
+    allow_no_answer: bool = False
+
+    @field_validator("question", "context")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return check_text(v)
+
+
+class AnswerOut(BaseModel):
+    text: str = Field(description="Exactly context[start:end].")
+    score: float = Field(description="Softmax probability over the request's candidate spans.")
+    start: int = Field(description="Start offset in characters (Unicode code points) of the context.")
+    end: int = Field(description="End offset (exclusive).")
+
+
+class AnswerResponse(BaseModel):
+    answers: list[AnswerOut]
+    model: str
+    no_answer_score: float | None = Field(None, description="Probability of 'no answer'; only with allow_no_answer.")
+    windows: int = Field(description="How many model windows the context needed.")
+
+
+class BatchAnswerResponse(BaseModel):
+    results: list[AnswerResponse]
+
+
+class ErrorField(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    fields: list[ErrorField] = []
+    request_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def request_models(settings: Settings) -> tuple[type[AnswerRequestBase], type[BaseModel]]:
+    """AnswerRequest and BatchAnswerRequest with this deployment's limits baked in."""
+    answer: type[AnswerRequestBase] = create_model(
+        "AnswerRequest",
+        __base__=AnswerRequestBase,
+        question=(Annotated[str, Field(min_length=1, max_length=settings.max_question_chars)], ...),
+        context=(Annotated[str, Field(min_length=1, max_length=settings.max_context_chars)], ...),
+        top_k=(Annotated[int, Field(ge=1, le=settings.max_top_k)], 1),
+        max_answer_length=(
+            Annotated[int, Field(ge=1, le=settings.max_answer_length_limit, description="In tokens.")],
+            30,
+        ),
+    )
+    batch: type[BaseModel] = create_model(
+        "BatchAnswerRequest",
+        __config__=ConfigDict(strict=True, extra="forbid"),
+        items=(Annotated[list[answer], Field(min_length=1, max_length=settings.max_batch_items)], ...),  # type: ignore[valid-type]
+    )
+    return answer, batch
+
+
+def answer_response(result: Any, model: str) -> AnswerResponse:
+    return AnswerResponse(
+        answers=[AnswerOut(text=a.text, score=a.score, start=a.start, end=a.end) for a in result.answers],
+        model=model,
+        no_answer_score=result.no_answer_score,
+        windows=result.windows,
+    )

@@ -1,0 +1,32 @@
+"""Errors the engine raises; app/api/errors.py maps each to one HTTP status."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class; `field` names the request field at fault, when there is one."""
+
+    def __init__(self, message: str, field: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InputTooLarge(EngineError):
+    """The input is valid JSON but needs more windows than a request may use."""
+
+
+class Overloaded(EngineError):
+    """The queue is full; the client should back off and retry."""
+
+
+class DeadlineExceeded(EngineError):
+    """The request waited past its deadline."""
+
+
+class InferenceFailed(EngineError):
+    """The batch holding this request failed in ONNX Runtime; other batches are unaffected."""
+
+
+class NotReady(EngineError):
+    """The model is not loaded (or failed to load)."""

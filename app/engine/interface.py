@@ -1,0 +1,54 @@
+"""The engine interface the HTTP layer sees: requests in, ranked spans out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app.engine.spans import Answer
+
+
+@dataclass(frozen=True)
+class QARequest:
+    question: str
+    context: str
+    top_k: int = 1
+    max_answer_length: int = 30
+    allow_no_answer: bool = False
+
+
+@dataclass(frozen=True)
+class QAResult:
+    answers: list[Answer]
+    no_answer_score: float | None
+    windows: int
+
+
+@dataclass
+class Health:
+    alive: bool
+    ready: bool
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    """What routes call. A fake implements it for unit tests; QAEngine for real."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    def health(self) -> Health: ...
+
+    def model_info(self) -> dict[str, Any]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def answer(self, requests: list[QARequest], cancelled: Any = None) -> list[QAResult]:
+        """Answer all requests or raise an EngineError; every request is validated before any runs.
+
+        `cancelled` is an optional asyncio.Event set when the client goes away.
+        """
+        ...

@@ -1,0 +1,254 @@
+"""The real QA engine: bundle -> tokenizer + ORT session; pre (windows), core (batcher), post (spans)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from app.engine.batcher import Batcher, Logits, padded_width
+from app.engine.bundle import BundleError, Manifest, choose_variant, verify_bundle
+from app.engine.errors import DeadlineExceeded, InputTooLarge, NotReady
+from app.engine.interface import Health, QARequest, QAResult
+from app.engine.runtime import CUDA, OrtRuntime, cuda_available
+from app.engine.spans import decode_spans
+from app.engine.windows import Window, encode_pairs, make_windows
+from app.metrics import Metrics
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Pad batches to a multiple of this many tokens: few distinct shapes keep ORT's memory and kernel
+# caches bounded while wasting at most 31 tokens of padding per window.
+PAD_MULTIPLE = 32
+
+
+def pad_windows(windows: list[Window], pad_id: int, multiple: int = PAD_MULTIPLE) -> dict[str, np.ndarray]:
+    """Right-pad to the longest window in the batch (rounded up), not to max_seq_length."""
+    width = padded_width(max(len(w) for w in windows), multiple)
+    ids = np.full((len(windows), width), pad_id, dtype=np.int64)
+    types = np.zeros((len(windows), width), dtype=np.int64)
+    mask = np.zeros((len(windows), width), dtype=np.int64)
+    for i, w in enumerate(windows):
+        ids[i, : len(w)] = w.input_ids
+        types[i, : len(w)] = w.token_type_ids
+        mask[i, : len(w)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def pad_token_id(tokenizer: Tokenizer) -> int:
+    if tokenizer.padding is not None:
+        return int(tokenizer.padding["pad_id"])
+    for tok in ("<pad>", "[PAD]"):
+        i = tokenizer.token_to_id(tok)
+        if i is not None:
+            return i
+    return 0
+
+
+class QAEngine:
+    """Loads a bundle (verify synchronously, session + warmup in `start`) and answers requests."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.bundle_dir = Path(settings.model_dir)
+        on_cuda = settings.providers == "cuda" or (settings.providers == "auto" and cuda_available())
+        # Fail fast, before the port opens: a bundle that does not match its manifest is never served.
+        manifest = verify_bundle(self.bundle_dir, needed=[])
+        self.variant = choose_variant(manifest, settings.model_variant, on_cuda)
+        self.model_file = manifest.variants[self.variant]
+        self.manifest: Manifest = verify_bundle(self.bundle_dir, needed=[self.model_file, manifest.tokenizer])
+        if settings.max_batch_tokens < self.manifest.max_seq_length:
+            raise BundleError(
+                f"QA_MAX_BATCH_TOKENS={settings.max_batch_tokens} is smaller than one full window "
+                f"({self.manifest.max_seq_length} tokens): such a window could never be batched"
+            )
+        self.tokenizer = Tokenizer.from_file(str(self.bundle_dir / self.manifest.tokenizer))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.pad_id = pad_token_id(self.tokenizer)
+        self.runtime: OrtRuntime | None = None
+        self.batcher: Batcher[Window] | None = None
+        self._ready = False
+        self._load_error: str | None = None
+        self._load_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---
+    @property
+    def model_name(self) -> str:
+        return self.manifest.name
+
+    async def start(self) -> None:
+        """Begin loading in the background so /livez and /readyz answer while the session warms up."""
+        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="model-load")
+
+    async def wait_ready(self) -> None:
+        if self._load_task is not None:
+            await self._load_task
+        if self._load_error:
+            raise NotReady(self._load_error)
+
+    async def _load(self) -> None:
+        s = self.settings
+        try:
+            t0 = time.perf_counter()
+            self.runtime = await asyncio.to_thread(
+                OrtRuntime,
+                self.bundle_dir / self.model_file,
+                self.manifest.input_names,
+                self.manifest.output_names,
+                s.providers,
+                s.threads,
+                s.inter_op_threads,
+                s.cpu_mem_arena,
+            )
+            self.batcher = Batcher(
+                self._infer,
+                max_windows=s.max_batch_windows,
+                max_tokens=s.max_batch_tokens,
+                max_delay_s=s.max_delay_ms / 1000,
+                max_queue=s.max_queue_windows,
+                pad_multiple=PAD_MULTIPLE,
+                metrics=self.metrics,
+            )
+            self.batcher.start()
+            if s.warmup:
+                await asyncio.to_thread(self._warmup)
+            self._ready = True
+            log.info(
+                "model %s (%s, %s) ready on %s in %.1fs",
+                self.manifest.name,
+                self.variant,
+                self.model_file,
+                self.runtime.provider,
+                time.perf_counter() - t0,
+            )
+        except Exception as e:
+            self._load_error = f"model load failed: {type(e).__name__}: {e}"
+            log.exception("model load failed")
+
+    def _warmup(self) -> None:
+        # one short and one full-size batch: the first run of each shape pays for kernel selection
+        assert self.runtime is not None
+        L = self.manifest.max_seq_length
+        n = max(1, min(self.settings.max_batch_windows, self.settings.max_batch_tokens // L))
+        for rows, width in ((1, PAD_MULTIPLE), (n, L)):
+            ids = np.full((rows, width), self.pad_id, dtype=np.int64)
+            self.runtime.run(
+                {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+            )
+
+    async def stop(self) -> None:
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+    def health(self) -> Health:
+        batcher_alive = self.batcher.alive if self.batcher is not None else True
+        alive = batcher_alive and self._load_error is None
+        detail = self._load_error or ("" if batcher_alive else "batcher stopped")
+        if not detail and not self._ready:
+            detail = "loading model"
+        return Health(alive=alive, ready=alive and self._ready, detail=detail)
+
+    def model_info(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "id": m.name,
+            "object": "model",
+            "name": m.name,
+            "languages": m.languages,
+            "base_model": m.base_model,
+            "max_seq_length": m.max_seq_length,
+            "doc_stride": m.doc_stride,
+            "max_query_length": m.max_query_length,
+            "precision": self.variant,
+            "file": self.model_file,
+            "execution_provider": self.runtime.provider if self.runtime else None,
+            "scores": [s.model_dump() for s in m.scores],
+            "created": m.created,
+        }
+
+    # --- pre / core / post ---
+    def _windows(self, requests: list[QARequest]) -> list[list[Window]]:
+        m = self.manifest
+        pairs = encode_pairs(self.tokenizer, [(r.question, r.context) for r in requests])
+        return [make_windows(p, m.max_seq_length, m.doc_stride, m.max_query_length) for p in pairs]
+
+    def _infer(self, windows: list[Window]) -> list[Logits]:
+        assert self.runtime is not None
+        start, end = self.runtime.run(pad_windows(windows, self.pad_id))
+        return [(start[i, : len(w)], end[i, : len(w)]) for i, w in enumerate(windows)]
+
+    async def answer(self, requests: list[QARequest], cancelled: asyncio.Event | None = None) -> list[QAResult]:
+        if not self._ready or self.batcher is None:
+            raise NotReady(self._load_error or "model is still loading")
+        t0 = time.perf_counter()
+        try:
+            windows = await asyncio.to_thread(self._windows, requests)
+        except ValueError as e:
+            raise InputTooLarge(str(e), ("question",)) from e
+        self.metrics.tokenize_seconds.observe(time.perf_counter() - t0)
+        limit = self.settings.max_windows_per_request
+        many = len(requests) > 1
+        for i, ws in enumerate(windows):
+            if len(ws) > limit:
+                raise InputTooLarge(
+                    f"context needs {len(ws)} windows of {self.manifest.max_seq_length} tokens; "
+                    f"the limit is {limit} (QA_MAX_WINDOWS_PER_REQUEST)",
+                    ("items", i, "context") if many else ("context",),
+                )
+        # all inputs are valid: only now does any of them reach the model
+        futures = [self.batcher.submit(ws, self.settings.request_timeout_s) for ws in windows]
+        gathered = asyncio.gather(*futures)
+        waiters: list[asyncio.Future[Any]] = [gathered]
+        watcher = asyncio.ensure_future(cancelled.wait()) if cancelled is not None else None
+        if watcher is not None:
+            waiters.append(watcher)
+        try:
+            await asyncio.wait(waiters, timeout=self.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if not gathered.done() or gathered.exception() is not None:
+            # client gone, deadline passed, or a batch failed: drop this request's other windows
+            for f in futures:
+                f.cancel()
+            if gathered.done():
+                raise gathered.exception()  # type: ignore[misc]
+            gathered.cancel()
+            if watcher is not None and cancelled is not None and cancelled.is_set():
+                raise asyncio.CancelledError
+            raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s}s (QA_REQUEST_TIMEOUT_S)")
+        logits = gathered.result()
+        t1 = time.perf_counter()
+        results = []
+        for req, ws, outs in zip(requests, windows, logits, strict=True):
+            decoded = decode_spans(
+                req.context,
+                ws,
+                [o[0] for o in outs],
+                [o[1] for o in outs],
+                top_k=req.top_k,
+                max_answer_length=req.max_answer_length,
+                top_n=max(self.settings.top_n, req.top_k),
+                allow_no_answer=req.allow_no_answer,
+            )
+            results.append(QAResult(decoded.answers, decoded.no_answer_score, len(ws)))
+        self.metrics.decode_seconds.observe(time.perf_counter() - t1)
+        return results
+
+    @property
+    def provider(self) -> str | None:
+        return self.runtime.provider if self.runtime else None
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.provider == CUDA

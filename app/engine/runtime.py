@@ -1,0 +1,75 @@
+"""ONNX Runtime session: provider choice, explicit threads, IOBinding on CUDA."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def cuda_available() -> bool:
+    return CUDA in ort.get_available_providers()
+
+
+class OrtRuntime:
+    """Runs padded batches; one instance is driven by one thread (the batcher's executor)."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        input_names: list[str],
+        output_names: list[str],
+        providers: str = "auto",
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        cpu_mem_arena: bool = False,
+    ) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.enable_cpu_mem_arena = cpu_mem_arena
+        # spinning worker threads burn the CPU between batches; the batcher already amortizes wake-ups
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        wanted: list[str | tuple[str, dict[str, str]]]
+        if providers == "cpu" or (providers == "auto" and not cuda_available()):
+            wanted = [CPU]
+        else:
+            wanted = [(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU]
+        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=wanted)
+        self.provider = self.session.get_providers()[0]
+        if providers == "cuda" and self.provider != CUDA:
+            raise RuntimeError("QA_PROVIDERS=cuda but ONNX Runtime could not start CUDAExecutionProvider")
+        session_inputs = {i.name for i in self.session.get_inputs()}
+        missing = set(input_names) - session_inputs
+        if missing:
+            raise RuntimeError(f"{model_path}: manifest lists inputs {sorted(missing)} the graph does not have")
+        # feed only what the graph takes (some exports drop token_type_ids)
+        self.input_names = [n for n in input_names if n in session_inputs]
+        self.output_names = output_names
+        self._binding = self.session.io_binding() if self.provider == CUDA else None
+        log.info("onnxruntime %s: %s with %d intra-op threads", ort.__version__, self.provider, intra_op_threads)
+
+    def run(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end logits, (batch, seq) float32 each."""
+        if self._binding is None:
+            start, end = self.session.run(self.output_names, {n: batch[n] for n in self.input_names})
+            return np.asarray(start, dtype=np.float32), np.asarray(end, dtype=np.float32)
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name in self.input_names:
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(batch[name], "cuda", 0))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        start, end = binding.copy_outputs_to_cpu()
+        return np.asarray(start, dtype=np.float32), np.asarray(end, dtype=np.float32)
