@@ -1,0 +1,155 @@
+"""Write a model bundle: tokenizer, ONNX variants and a manifest with hashes, scores and provenance."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from app.engine.bundle import MANIFEST, Manifest, Precision, Score, file_entry
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FILE_NAMES: dict[str, str] = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+class BundleTooLarge(RuntimeError):
+    """The bundle exceeds its size budget."""
+
+
+def write_bundle(
+    out_dir: Path,
+    *,
+    onnx_files: dict[str, Path],
+    tokenizer: Path,
+    name: str,
+    languages: list[str],
+    base_model: str,
+    max_seq_length: int,
+    doc_stride: int,
+    max_query_length: int,
+    input_names: list[str],
+    output_names: list[str],
+    scores: Sequence[Score | dict[str, Any]] = (),
+    validation: dict[str, object] | None = None,
+    training: dict[str, object] | None = None,
+    command: str | None = None,
+    max_bytes: int | None = None,
+) -> Path:
+    """Assemble the bundle in a sibling temp dir and rename it into place, so a bundle is whole or absent."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    files = {}
+    shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+    files["tokenizer.json"] = file_entry(tmp / "tokenizer.json")
+    variants: dict[str, str] = {}
+    for precision, src in onnx_files.items():
+        dst_name = BUNDLE_FILE_NAMES[precision]
+        shutil.copyfile(src, tmp / dst_name)
+        prec: Precision = precision  # type: ignore[assignment]
+        files[dst_name] = file_entry(tmp / dst_name, prec)
+        variants[precision] = dst_name
+    total = sum(e.bytes for e in files.values())
+    if max_bytes is not None and total > max_bytes:
+        shutil.rmtree(tmp)
+        sizes = ", ".join(f"{k} {v.bytes / 2**20:.1f} MiB" for k, v in files.items())
+        raise BundleTooLarge(f"bundle would be {total / 2**20:.1f} MiB > {max_bytes / 2**20:.1f} MiB ({sizes})")
+    manifest = Manifest(
+        name=name,
+        languages=languages,
+        base_model=base_model,
+        max_seq_length=max_seq_length,
+        doc_stride=doc_stride,
+        max_query_length=max_query_length,
+        input_names=input_names,
+        output_names=output_names,
+        variants=variants,
+        files=files,
+        scores=[s if isinstance(s, Score) else Score.model_validate(s) for s in scores],
+        validation=validation or {},
+        training=training or {},
+        command=command if command is not None else " ".join(sys.argv),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    if out_dir.exists():
+        if not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
+            shutil.rmtree(tmp)
+            raise FileExistsError(f"{out_dir} exists and is not a bundle; refusing to replace it")
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    log.info("bundle %s: %s, %.1f MiB", out_dir, sorted(files), total / 2**20)
+    return out_dir
+
+
+def training_record(model_dir: Path) -> dict[str, object]:
+    """training.json written by model_export.train, if the checkpoint has one."""
+    path = Path(model_dir) / "training.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def build_bundle_from_model(
+    model_dir: Path,
+    out_dir: Path,
+    *,
+    work_dir: Path,
+    name: str,
+    languages: list[str],
+    base_model: str,
+    max_seq_length: int,
+    doc_stride: int,
+    max_query_length: int,
+    variants: Sequence[str] = ("fp32", "int8"),
+    tolerances: dict[str, dict[str, float]] | None = None,
+    per_channel: bool = True,
+    quantize_embeddings: bool = True,
+    scores: Sequence[Score | dict[str, Any]] = (),
+    command: str | None = None,
+    max_bytes: int | None = None,
+) -> Path:
+    """Checkpoint -> export -> quantize -> validate -> bundle, without scoring (the CLI's build adds scores)."""
+    from model_export.export import export_all, read_export_info
+    from model_export.quantize import quantize_int8
+    from model_export.validate import parse_tolerances, validate
+
+    made = export_all(model_dir, work_dir, fp16="fp16" in variants)
+    if "int8" in variants:
+        made["int8"] = quantize_int8(made["fp32"], work_dir / "model.int8.onnx", per_channel, quantize_embeddings)
+    info = read_export_info(work_dir)
+    onnx_files = {v: made[v] for v in variants}
+    report = validate(
+        model_dir,
+        onnx_files,
+        list(info["input_names"]),  # type: ignore[arg-type]
+        list(info["output_names"]),  # type: ignore[arg-type]
+        max_seq_length,
+        doc_stride,
+        max_query_length,
+        tolerances=parse_tolerances(tolerances),
+    )
+    return write_bundle(
+        out_dir,
+        onnx_files=onnx_files,
+        tokenizer=model_dir / "tokenizer.json",
+        name=name,
+        languages=languages,
+        base_model=base_model,
+        max_seq_length=max_seq_length,
+        doc_stride=doc_stride,
+        max_query_length=max_query_length,
+        input_names=list(info["input_names"]),  # type: ignore[arg-type]
+        output_names=list(info["output_names"]),  # type: ignore[arg-type]
+        scores=scores,
+        validation=report,
+        training=training_record(model_dir),
+        command=command,
+        max_bytes=max_bytes,
+    )

@@ -1,0 +1,246 @@
+"""Check exported ONNX graphs against the PyTorch model on the same padded batches; fail loudly on mismatch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.engine.windows import Window, encode_pairs, make_windows
+from model_export.data import pad_batch
+
+log = logging.getLogger(__name__)
+
+
+class ValidationFailed(RuntimeError):
+    """An exported graph does not behave like the model it came from; the message has the numbers."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float  # max |onnx - torch| over the logits of real (unpadded) tokens
+    min_argmax_agreement: float  # share of (window, start|end) whose argmax over real tokens is the same
+
+
+# fp32 differs from PyTorch only by kernel summation order. fp16 and int8 move logits by amounts that
+# scale with the logit range, so for them the argmax agreement is the check that matters for answers;
+# their atol only catches a broken graph. Defaults are for trained models; build configs may override.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=1e-4, min_argmax_agreement=0.99),
+    "fp16": Tolerance(atol=0.1, min_argmax_agreement=0.95),
+    "int8": Tolerance(atol=1.5, min_argmax_agreement=0.90),
+}
+
+# Built-in pairs in both languages; the long one spans several windows at small max_seq_length.
+SAMPLE_PAIRS: list[tuple[str, str]] = [
+    ("대한민국의 수도는 어디인가?", "대한민국의 수도는 서울이다. 서울은 한강을 끼고 있으며 인구는 약 천만 명이다."),
+    ("Who wrote Pride and Prejudice?", "Pride and Prejudice is an 1813 novel of manners written by Jane Austen."),
+    ("What is the boiling point of water?", "At sea level, water boils at 100 degrees Celsius. " * 12),
+    (
+        "세종대왕이 만든 문자는?",
+        "조선의 제4대 왕 세종은 1443년 훈민정음을 창제하였다. 훈민정음은 오늘날 한글이라 불린다. " * 8,
+    ),
+]
+
+
+def pad_token_id(tokenizer: object) -> int:
+    for token in ("<pad>", "[PAD]"):
+        i = tokenizer.token_to_id(token)  # type: ignore[attr-defined]
+        if i is not None:
+            return int(i)
+    return 0
+
+
+def validation_windows(
+    tokenizer: object,
+    pairs: Sequence[tuple[str, str]],
+    max_seq_length: int,
+    doc_stride: int,
+    max_query_length: int,
+    limit: int = 48,
+) -> list[Window]:
+    """Windows exactly as serving makes them (app.engine.windows), at most `limit`."""
+    windows: list[Window] = []
+    for pair in encode_pairs(tokenizer, list(pairs)):  # type: ignore[arg-type]
+        windows += make_windows(pair, max_seq_length, doc_stride, max_query_length)
+    return windows[:limit]
+
+
+def make_batches(windows: list[Window], pad_id: int) -> list[dict[str, np.ndarray]]:
+    """Batches of several sizes, each padded inside (unequal windows), exercising both dynamic axes."""
+    if len(windows) < 3:
+        raise ValueError(f"need at least 3 validation windows, got {len(windows)}")
+    # alternate long and short windows so every batch is padded inside
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+    mixed = [order[i // 2] if i % 2 == 0 else order[-(i // 2) - 1] for i in range(len(order))]
+    sizes = [1, 2, 5, 8]
+    batches: list[dict[str, np.ndarray]] = []
+    i, k = 0, 0
+    while i < len(mixed):
+        n = sizes[k % len(sizes)]
+        batches.append(pad_batch([windows[j] for j in mixed[i : i + n]], pad_id))
+        i, k = i + n, k + 1
+    return batches
+
+
+def torch_outputs(
+    model_dir: Path, batches: list[dict[str, np.ndarray]], input_names: list[str]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Reference logits from the PyTorch checkpoint (fp32, eval mode)."""
+    import torch
+
+    from model_export.export import load_qa_model
+
+    model = load_qa_model(model_dir)
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    with torch.no_grad():
+        for b in batches:
+            r = model(**{n: torch.from_numpy(b[n]) for n in input_names})  # type: ignore[operator]
+            out.append((r.start_logits.float().numpy(), r.end_logits.float().numpy()))
+    return out
+
+
+def check_structure(path: Path, input_names: list[str], output_names: list[str]) -> dict[str, object]:
+    """Names, dtypes and symbolic batch/sequence axes of the graph's inputs and outputs."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    init = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init]
+    got_in, got_out = [i.name for i in inputs], [o.name for o in model.graph.output]
+    if got_in != input_names or got_out != output_names:
+        raise ValidationFailed(
+            f"{path.name}: graph has inputs {got_in} outputs {got_out}, expected {input_names} {output_names}"
+        )
+    for value, dtype in [(v, onnx.TensorProto.INT64) for v in inputs] + [
+        (v, onnx.TensorProto.FLOAT) for v in model.graph.output
+    ]:
+        t = value.type.tensor_type
+        if t.elem_type != dtype:
+            raise ValidationFailed(f"{path.name}: {value.name} has dtype {t.elem_type}, expected {dtype}")
+        dims = t.shape.dim
+        if len(dims) != 2 or not all(d.dim_param for d in dims):
+            raise ValidationFailed(
+                f"{path.name}: {value.name} axes {[d.dim_param or d.dim_value for d in dims]} are not dynamic"
+            )
+    return {
+        "inputs": got_in,
+        "outputs": got_out,
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+    }
+
+
+def compare(
+    ort_out: list[tuple[np.ndarray, np.ndarray]],
+    ref_out: list[tuple[np.ndarray, np.ndarray]],
+    batches: list[dict[str, np.ndarray]],
+) -> dict[str, float]:
+    """Max/mean |diff| over real tokens, and how often start/end argmax over real tokens agree."""
+    diffs: list[np.ndarray] = []
+    agree = total = 0
+    for (os_, oe), (rs, re_), b in zip(ort_out, ref_out, batches, strict=True):
+        real = b["attention_mask"].astype(bool)
+        for o, r in ((os_, rs), (oe, re_)):
+            if o.shape != r.shape:
+                raise ValidationFailed(f"output shape {o.shape}, PyTorch gives {r.shape}")
+            diffs.append(np.abs(o - r)[real])
+            agree += int((np.where(real, o, -np.inf).argmax(1) == np.where(real, r, -np.inf).argmax(1)).sum())
+            total += len(o)
+    d = np.concatenate(diffs)
+    return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()), "argmax_agreement": agree / total}
+
+
+def run_onnx(
+    path: Path, batches: list[dict[str, np.ndarray]], input_names: list[str], output_names: list[str]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # deterministic and polite to a machine that may be training
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    out = []
+    for b in batches:
+        s, e = session.run(output_names, {n: b[n] for n in input_names})
+        out.append((np.asarray(s), np.asarray(e)))
+    return out
+
+
+def validate_variant(
+    path: Path,
+    precision: str,
+    batches: list[dict[str, np.ndarray]],
+    reference: list[tuple[np.ndarray, np.ndarray]],
+    input_names: list[str],
+    output_names: list[str],
+    tolerance: Tolerance,
+) -> dict[str, object]:
+    """Structure, then values on the CPU EP; raises ValidationFailed with the numbers when out of tolerance."""
+    result: dict[str, object] = {"file": path.name, "precision": precision, "tolerance": asdict(tolerance)}
+    result["structure"] = check_structure(path, input_names, output_names)
+    shapes = [list(b["input_ids"].shape) for b in batches]
+    if len({s[0] for s in shapes}) < 2 or len({s[1] for s in shapes}) < 2:
+        raise ValueError(f"validation batches {shapes} do not vary both batch size and length")
+    result["batch_shapes"] = shapes
+    try:
+        got = run_onnx(path, batches, input_names, output_names)
+    except Exception as e:  # only fp16 may legitimately lack CPU kernels; anything else re-raises
+        if precision != "fp16":
+            raise ValidationFailed(f"{path.name}: ONNX Runtime (CPU) failed: {e}") from e
+        result.update(numerically_validated=False, reason=f"CPU EP cannot run it here: {str(e)[:300]}")
+        log.warning("%s: validated structurally only (%s)", path.name, result["reason"])
+        return result
+    stats = compare(got, reference, batches)
+    result.update(stats, numerically_validated=True, provider="CPUExecutionProvider")
+    problems = []
+    if stats["max_abs_diff"] > tolerance.atol:
+        problems.append(f"max |diff| {stats['max_abs_diff']:.3g} > atol {tolerance.atol:g}")
+    if stats["argmax_agreement"] < tolerance.min_argmax_agreement:
+        problems.append(f"argmax agreement {stats['argmax_agreement']:.3f} < {tolerance.min_argmax_agreement:g}")
+    if problems:
+        raise ValidationFailed(
+            f"{path.name} ({precision}) vs PyTorch: "
+            + "; ".join(problems)
+            + f" (mean |diff| {stats['mean_abs_diff']:.3g})"
+        )
+    log.info(
+        "%s ok: max|diff| %.3g, argmax agreement %.3f", path.name, stats["max_abs_diff"], stats["argmax_agreement"]
+    )
+    return result
+
+
+def validate(
+    model_dir: Path,
+    onnx_files: dict[str, Path],
+    input_names: list[str],
+    output_names: list[str],
+    max_seq_length: int,
+    doc_stride: int,
+    max_query_length: int,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    tolerances: dict[str, Tolerance] | None = None,
+) -> dict[str, object]:
+    """Validate every variant against the checkpoint; returns a JSON-able report (raises on failure)."""
+    from model_export.train import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model_dir))
+    windows = validation_windows(tokenizer, list(pairs or SAMPLE_PAIRS), max_seq_length, doc_stride, max_query_length)
+    batches = make_batches(windows, pad_token_id(tokenizer))
+    reference = torch_outputs(model_dir, batches, input_names)
+    tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    variants = {
+        precision: validate_variant(path, precision, batches, reference, input_names, output_names, tol[precision])
+        for precision, path in onnx_files.items()
+    }
+    return {"reference": "PyTorch fp32 eval, eager attention", "windows": len(windows), "variants": variants}
+
+
+def parse_tolerances(raw: dict[str, dict[str, float]] | None) -> dict[str, Tolerance]:
+    """{"int8": {"atol": 1.0}} -> Tolerance objects, unspecified fields from DEFAULT_TOLERANCES."""
+    out: dict[str, Tolerance] = {}
+    for precision, fields in (raw or {}).items():
+        out[precision] = Tolerance(**{**asdict(DEFAULT_TOLERANCES[precision]), **fields})
+    return out
