@@ -1,0 +1,108 @@
+"""A tiny random BERT QA model and its bundle, built offline in seconds, for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+# ../shared beside the checkout, as on developer machines and in CI
+REPO = Path(__file__).resolve().parents[2]
+KORQUAD_DEV = Path(os.environ.get("KORQUAD_DEV", REPO.parent / "shared" / "data" / "korquad" / "KorQuAD_v1.0_dev.json"))
+TRAIN_ARTICLES = "0:112"  # articles 112-139 are the held-out test split; the tokenizer never sees them
+SEED = 1234
+VOCAB_SIZE = 4000
+MAX_SEQ_LENGTH, DOC_STRIDE, MAX_QUERY_LENGTH = 128, 32, 32
+ENGLISH = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Seoul is the capital and largest city of South Korea.",
+    "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.",
+    "Who wrote the novel Pride and Prejudice? Jane Austen published it in 1813.",
+    "Water boils at 100 degrees Celsius at sea level.",
+    "What is the answer? The answer is forty-two.",
+]
+TINY_CONFIG = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+}
+
+
+def corpus_texts(path: Path = KORQUAD_DEV, articles: str = TRAIN_ARTICLES) -> list[str]:
+    """Every distinct context and question of the training articles, plus a few English sentences."""
+    from model_export.data import load_squad
+
+    texts: dict[str, None] = {}
+    for e in load_squad(path, articles):
+        texts[e.context] = None
+        texts[e.question] = None
+    return list(texts) + ENGLISH
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> object:
+    """A BERT-style WordPiece tokenizer; accents kept because stripping them decomposes Hangul."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return tok
+
+
+def build_tiny_hf_model(out_dir: Path, seed: int = SEED) -> Path:
+    """config.json, model.safetensors and tokenizer.json of a randomly initialised BertForQuestionAnswering."""
+    import torch
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(corpus_texts())
+    tok.save(str(out_dir / "tokenizer.json"))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), pad_token_id=tok.token_to_id("[PAD]"), **TINY_CONFIG)
+    model = BertForQuestionAnswering(config)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizerFast"}))
+    return out_dir
+
+
+def build_tiny_bundle(out_dir: Path, hf_dir: Path | None = None) -> Path:
+    """Tiny HF model -> the real export, quantize, validate and bundle code -> `out_dir/bundle`."""
+    from model_export.bundle import build_bundle_from_model
+
+    out_dir = Path(out_dir)
+    hf = hf_dir if hf_dir is not None else build_tiny_hf_model(out_dir / "hf")
+    return build_bundle_from_model(
+        hf,
+        out_dir / "bundle",
+        work_dir=out_dir / "onnx",
+        name="tiny-random-bert",
+        languages=["ko", "en"],
+        base_model=f"tiny-random-bert (tests/support/tiny_model.py, seed {SEED})",
+        max_seq_length=MAX_SEQ_LENGTH,
+        doc_stride=DOC_STRIDE,
+        max_query_length=MAX_QUERY_LENGTH,
+        variants=("fp32", "int8"),
+        # random weights: its logits are near-ties, so argmax agreement says little; values still must match
+        tolerances={"int8": {"atol": 0.05, "min_argmax_agreement": 0.0}},
+        command="tests/support/tiny_model.py build_tiny_bundle",
+    )
+
+
+if __name__ == "__main__":
+    print(build_tiny_bundle(Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-model")))
