@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,12 +52,16 @@ def window_candidates(
     return s_tok, e_tok, (start_logits[s_tok] + end_logits[e_tok]).astype(np.float32)
 
 
-def _strip(context: str, start: int, end: int) -> tuple[int, int]:
+def _trim(context: str, start: int, end: int) -> tuple[int, int]:
     # SentencePiece tokens carry their leading space ("▁word"); answers should not.
     while start < end and context[start].isspace():
         start += 1
     while end > start and context[end - 1].isspace():
         end -= 1
+    # NFKC folds "e" + U+0301 into one token whose offsets end before the combining mark:
+    # keep the marks with their base character
+    while start < end < len(context) and unicodedata.category(context[end]).startswith("M"):
+        end += 1
     return start, end
 
 
@@ -89,7 +94,7 @@ def decode_spans(
         null_logit = min(null_logit, float(s_log[0] + e_log[0]))
         s_tok, e_tok, logits = window_candidates(s_log, e_log, window, top_n, max_answer_length)
         for s, e, logit in zip(s_tok, e_tok, logits, strict=True):
-            start, end = _strip(context, int(window.offsets[s, 0]), int(window.offsets[e, 1]))
+            start, end = _trim(context, int(window.offsets[s, 0]), int(window.offsets[e, 1]))
             if start >= end:
                 continue
             key = (start, end)

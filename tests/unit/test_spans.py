@@ -1,0 +1,132 @@
+"""Span decoding: exact offsets, ranking, limits, dedup, one score scale across windows, null answer."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.engine.spans import decode_spans, window_candidates
+from app.engine.windows import encode_pairs, make_windows
+
+from .test_windows import QUESTION, TEXT, _has_tokens
+
+
+def _logits(rng: np.random.Generator, windows):
+    return [rng.normal(0, 3, len(w)).astype(np.float32) for w in windows], [
+        rng.normal(0, 3, len(w)).astype(np.float32) for w in windows
+    ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    question=QUESTION,
+    context=TEXT,
+    seed=st.integers(0, 2**32 - 1),
+    top_k=st.integers(1, 10),
+    max_len=st.integers(1, 12),
+    allow_null=st.booleans(),
+)
+def test_decoded_spans_are_exact_ranked_and_distinct(tokenizer, question, context, seed, top_k, max_len, allow_null):
+    if not _has_tokens(tokenizer, question, context):
+        return
+    [pair] = encode_pairs(tokenizer, [(question, context)])
+    windows = make_windows(pair, 40, 6, 8)
+    starts, ends = _logits(np.random.default_rng(seed), windows)
+    out = decode_spans(
+        context, windows, starts, ends, top_k=top_k, max_answer_length=max_len, allow_no_answer=allow_null
+    )
+    assert len(out.answers) <= top_k
+    spans = [(a.start, a.end) for a in out.answers]
+    assert len(set(spans)) == len(spans), "duplicate spans"
+    scores = [a.score for a in out.answers]
+    assert scores == sorted(scores, reverse=True)
+    for a in out.answers:
+        assert a.text == context[a.start : a.end]
+        assert a.text and not a.text[0].isspace() and not a.text[-1].isspace()
+        assert 0.0 <= a.score <= 1.0
+    if allow_null:
+        assert out.no_answer_score is not None
+    else:
+        assert out.no_answer_score is None
+    total = sum(scores) + (out.no_answer_score or 0.0)
+    assert total <= 1.0 + 1e-6
+
+
+def test_candidates_respect_order_context_and_length(wordpiece):
+    [pair] = encode_pairs(wordpiece, [("질문", "하나 둘 셋 넷 다섯 여섯 일곱")])
+    [w] = make_windows(pair, 64, 8, 8)
+    rng = np.random.default_rng(0)
+    s_tok, e_tok, logits = window_candidates(rng.normal(size=len(w)), rng.normal(size=len(w)), w, 20, 3)
+    assert len(s_tok) > 0
+    assert (e_tok >= s_tok).all() and (e_tok - s_tok + 1 <= 3).all()
+    assert (s_tok >= w.context_start).all() and (e_tok < w.context_end).all()
+
+
+def test_best_span_wins_and_text_matches(wordpiece):
+    context = "서울은 대한민국의 수도이다. 부산은 항구 도시이다."
+    [pair] = encode_pairs(wordpiece, [("수도는?", context)])
+    [w] = make_windows(pair, 64, 8, 8)
+    start, end = np.zeros(len(w), np.float32), np.zeros(len(w), np.float32)
+    target = context.index("서울")
+    tok = next(i for i in range(w.context_start, w.context_end) if w.offsets[i, 0] == target)
+    start[tok], end[tok] = 10, 10
+    out = decode_spans(context, [w], [start], [end], top_k=3, max_answer_length=10)
+    assert out.answers[0].text == context[out.answers[0].start : out.answers[0].end]
+    assert out.answers[0].start == target and out.answers[0].score > 0.5
+
+
+def test_scores_share_one_scale_across_windows(unigram):
+    """A short last window must not win just because a per-window softmax would favour it."""
+    context = " ".join(f"문장{i}" for i in range(60))
+    [pair] = encode_pairs(unigram, [("질문", context)])
+    windows = make_windows(pair, 48, 8, 8)
+    assert len(windows) >= 3 and len(windows[-1]) < len(windows[0])
+    starts = [np.zeros(len(w), np.float32) for w in windows]
+    ends = [np.zeros(len(w), np.float32) for w in windows]
+    # window 0: a strong span among many strong competitors; last window: a weaker span alone
+    s0 = windows[0].context_start
+    starts[0][s0 : windows[0].context_end] = 4.0
+    ends[0][s0 : windows[0].context_end] = 4.0
+    starts[0][s0 + 2] = ends[0][s0 + 2] = 6.0
+    last = windows[-1]
+    starts[-1][last.context_end - 1] = ends[-1][last.context_end - 1] = 5.0
+    out = decode_spans(context, windows, starts, ends, top_k=1, max_answer_length=1)
+    best = out.answers[0]
+    assert best.logit == 12.0
+    assert windows[0].offsets[s0 + 2, 0] <= best.start < windows[0].offsets[s0 + 2, 1]
+
+
+def test_overlapping_windows_do_not_duplicate_spans(unigram):
+    context = " ".join(f"단어{i}" for i in range(40))
+    [pair] = encode_pairs(unigram, [("질문", context)])
+    windows = make_windows(pair, 40, 16, 8)
+    starts = [np.ones(len(w), np.float32) for w in windows]
+    ends = [np.ones(len(w), np.float32) for w in windows]
+    out = decode_spans(context, windows, starts, ends, top_k=50, max_answer_length=2)
+    spans = [(a.start, a.end) for a in out.answers]
+    assert len(spans) == len(set(spans))
+
+
+def test_null_answer_wins_when_cls_is_strongest(wordpiece):
+    context = "아무 관련 없는 문장."
+    [pair] = encode_pairs(wordpiece, [("질문", context)])
+    [w] = make_windows(pair, 64, 8, 8)
+    start, end = np.zeros(len(w), np.float32), np.zeros(len(w), np.float32)
+    start[0] = end[0] = 9.0
+    out = decode_spans(context, [w], [start], [end], top_k=2, max_answer_length=5, allow_no_answer=True)
+    assert out.answers == [] and out.no_answer_score is not None and out.no_answer_score > 0.9
+    plain = decode_spans(context, [w], [start], [end], top_k=2, max_answer_length=5)
+    assert plain.answers and plain.no_answer_score is None
+
+
+def test_combining_marks_stay_with_their_base(unigram):
+    context = "카페 Cafe\u0301 입니다"
+    [pair] = encode_pairs(unigram, [("어디?", context)])
+    [w] = make_windows(pair, 64, 8, 8)
+    start, end = np.zeros(len(w), np.float32), np.zeros(len(w), np.float32)
+    i = context.index("Cafe")
+    toks = [t for t in range(w.context_start, w.context_end) if i <= w.offsets[t, 1] and w.offsets[t, 0] <= i + 4]
+    start[toks[0]], end[toks[-1]] = 10, 10
+    out = decode_spans(context, [w], [start], [end], top_k=1, max_answer_length=10)
+    assert out.answers[0].text.endswith("e\u0301")
