@@ -8,7 +8,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from tests.support.tiny_model import corpus_texts, train_tokenizer
 
 EXTRA = [
-    "Café naïve résumé coöperate — “quotes” and ‘single’ quotes.",
+    "Café naïve résumé coöperate — “quotes” and \u2018single\u2019 quotes.",
     "Emoji 😀👍🏽 and flags 🇰🇷 inside text.",
     "Combining e\u0301 and a\u0308, tabs\tand\u00a0nbsp, ideographic\u3000space.",
     "한국어 문장과 English words, 숫자 1,234.5 그리고 (괄호)와 「인용」.",

@@ -80,7 +80,7 @@ async def test_failing_batch_fails_only_its_requests_and_batcher_survives():
     bad = b.submit([Win(6, "poison")], 5)
     with pytest.raises(InferenceFailed):
         await bad
-    assert len((await good)) == 1
+    assert len(await good) == 1
     assert b.alive
     later = await b.submit([Win(4)], 5)
     assert int(later[0][0][0]) == 4

@@ -57,7 +57,7 @@ def test_candidates_respect_order_context_and_length(wordpiece):
     [pair] = encode_pairs(wordpiece, [("질문", "하나 둘 셋 넷 다섯 여섯 일곱")])
     [w] = make_windows(pair, 64, 8, 8)
     rng = np.random.default_rng(0)
-    s_tok, e_tok, logits = window_candidates(rng.normal(size=len(w)), rng.normal(size=len(w)), w, 20, 3)
+    s_tok, e_tok, _ = window_candidates(rng.normal(size=len(w)), rng.normal(size=len(w)), w, 20, 3)
     assert len(s_tok) > 0
     assert (e_tok >= s_tok).all() and (e_tok - s_tok + 1 <= 3).all()
     assert (s_tok >= w.context_start).all() and (e_tok < w.context_end).all()
