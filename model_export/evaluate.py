@@ -1,0 +1,425 @@
+"""Run a checkpoint, an ONNX bundle or a running service over a split; write predictions, n-best lists and scores."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from app.engine.bundle import BundleError, Score, choose_variant, read_manifest, verify_bundle
+from app.engine.spans import decode_spans
+from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows
+from model_export.data import Example, load_examples, pad_batch
+from model_export.metrics import METRICS, score
+
+log = logging.getLogger(__name__)
+
+# start/end logits, each (batch, width), for one padded batch from `pad_batch`
+LogitsFn = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
+# POST a JSON body to a URL and return the decoded JSON reply (swappable in tests)
+PostFn = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Span:
+    text: str
+    score: float
+    start: int  # character offsets into the context
+    end: int
+
+
+class Predictor(Protocol):
+    """Anything that answers (question, context) pairs with ranked spans."""
+
+    description: str
+
+    def predict(self, pairs: Sequence[tuple[str, str]], top_k: int, max_answer_length: int) -> list[list[Span]]: ...
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    max_seq_length: int = 384
+    doc_stride: int = 128
+    max_query_length: int = 64
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id (XLM-R style `<pad>` or BERT style `[PAD]`), 0 when it has neither."""
+    for token in ("<pad>", "[PAD]"):
+        idx = tokenizer.token_to_id(token)
+        if idx is not None:
+            return int(idx)
+    return 0
+
+
+class WindowPredictor:
+    """Local models: windows from app.engine.windows, length-sorted padded batches, spans from app.engine.spans.
+
+    Only `logits_fn` differs between a PyTorch checkpoint and an ONNX bundle, so both are decoded
+    exactly as the service decodes them.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PairTokenizer,
+        logits_fn: LogitsFn,
+        windows: WindowSettings,
+        pad_id: int,
+        batch_size: int = 32,
+        chunk_examples: int = 256,
+        description: str = "local model",
+    ) -> None:
+        if batch_size < 1 or chunk_examples < 1:
+            raise ValueError("batch_size and chunk_examples must be positive")
+        self.tokenizer = tokenizer
+        self.logits_fn = logits_fn
+        self.windows = windows
+        self.pad_id = pad_id
+        self.batch_size = batch_size
+        self.chunk_examples = chunk_examples
+        self.description = description
+
+    def _logits(self, windows: list[Window]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-window (start, end) logits, cut back to each window's own length."""
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(windows)
+        # longest first: padding only grows to the longest window of each batch
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i]), reverse=True)
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b : b + self.batch_size]
+            start, end = self.logits_fn(pad_batch([windows[i] for i in idx], self.pad_id, multiple=8))
+            start, end = np.asarray(start, dtype=np.float32), np.asarray(end, dtype=np.float32)
+            for row, i in enumerate(idx):
+                n = len(windows[i])
+                out[i] = (start[row, :n], end[row, :n])
+        return out
+
+    def predict(self, pairs: Sequence[tuple[str, str]], top_k: int, max_answer_length: int) -> list[list[Span]]:
+        results: list[list[Span]] = []
+        w = self.windows
+        for c in range(0, len(pairs), self.chunk_examples):
+            chunk = pairs[c : c + self.chunk_examples]
+            per_pair = [
+                make_windows(enc, w.max_seq_length, w.doc_stride, w.max_query_length)
+                for enc in encode_pairs(self.tokenizer, chunk)
+            ]
+            flat = [win for wins in per_pair for win in wins]
+            logits = self._logits(flat)
+            pos = 0
+            for (_, context), wins in zip(chunk, per_pair, strict=True):
+                mine = logits[pos : pos + len(wins)]
+                pos += len(wins)
+                decoded = decode_spans(
+                    context,
+                    wins,
+                    [s for s, _ in mine],
+                    [e for _, e in mine],
+                    top_k=top_k,
+                    max_answer_length=max_answer_length,
+                )
+                results.append([Span(a.text, a.score, a.start, a.end) for a in decoded.answers])
+            log.info("%s: %d/%d questions", self.description, len(results), len(pairs))
+        return results
+
+
+def _urllib_post(timeout: float) -> PostFn:
+    def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(  # noqa: S310 - ServicePredictor only accepts http(s) URLs
+            url, data=json.dumps(body).encode("utf-8"), headers={"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as reply:  # noqa: S310 - http(s) only, see above
+            return json.loads(reply.read().decode("utf-8"))
+
+    return post
+
+
+class ServicePredictor:
+    """A running service, through POST {url}/batch_answer; it decodes with its own max_answer_length."""
+
+    RETRY_STATUSES = (429, 503)  # overloaded / not ready yet: worth waiting for
+
+    def __init__(
+        self,
+        url: str,
+        batch_size: int = 32,
+        timeout: float = 300.0,
+        retries: int = 5,
+        post: PostFn | None = None,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"service URL must start with http:// or https://, got {url!r}")
+        self.url = url.rstrip("/")
+        self.batch_size = batch_size
+        self.retries = retries
+        self.post = post or _urllib_post(timeout)
+        self.description = self.url
+
+    def _call(self, body: dict[str, Any]) -> dict[str, Any]:
+        for attempt in range(self.retries + 1):
+            try:
+                return self.post(f"{self.url}/batch_answer", body)
+            except urllib.error.HTTPError as e:
+                if e.code not in self.RETRY_STATUSES or attempt == self.retries:
+                    detail = e.read().decode("utf-8", "replace")[:500]
+                    raise RuntimeError(f"{self.url}/batch_answer: HTTP {e.code}: {detail}") from e
+                time.sleep(min(2.0**attempt, 30.0))
+        raise AssertionError("unreachable")
+
+    def predict(self, pairs: Sequence[tuple[str, str]], top_k: int, max_answer_length: int) -> list[list[Span]]:
+        results: list[list[Span]] = []
+        for b in range(0, len(pairs), self.batch_size):
+            chunk = pairs[b : b + self.batch_size]
+            reply = self._call({"items": [{"question": q, "context": c, "top_k": top_k} for q, c in chunk]})
+            got = reply.get("results")
+            if not isinstance(got, list) or len(got) != len(chunk):
+                raise RuntimeError(f"{self.url}/batch_answer: expected {len(chunk)} results, got {str(reply)[:300]}")
+            for item in got:
+                results.append(
+                    [Span(a["text"], float(a["score"]), int(a["start"]), int(a["end"])) for a in item["answers"]]
+                )
+            log.info("%s: %d/%d questions", self.url, len(results), len(pairs))
+        return results
+
+
+def torch_logits_fn(model: Any, device: Any) -> LogitsFn:
+    """Logits from a transformers QA model; feeds only the inputs its forward() takes."""
+    import torch
+
+    accepted = set(inspect.signature(model.forward).parameters)
+
+    def run(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        inputs = {k: torch.from_numpy(v).to(device) for k, v in batch.items() if k in accepted}
+        with torch.inference_mode():
+            out = model(**inputs)
+        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+
+    return run
+
+
+def ort_logits_fn(session: Any, input_names: Sequence[str], output_names: Sequence[str]) -> LogitsFn:
+    """Logits from an ONNX Runtime session, feeding the manifest's inputs in the graph's integer type."""
+    graph_inputs = {i.name: i.type for i in session.get_inputs()}
+    missing = [n for n in input_names if n not in graph_inputs]
+    if missing:
+        raise BundleError(f"manifest lists inputs {missing} the ONNX graph does not have")
+    dtypes = {n: np.int32 if graph_inputs[n] == "tensor(int32)" else np.int64 for n in input_names}
+    outputs = list(output_names)
+
+    def run(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        start, end = session.run(outputs, {n: batch[n].astype(dtypes[n], copy=False) for n in input_names})
+        return np.asarray(start, dtype=np.float32), np.asarray(end, dtype=np.float32)
+
+    return run
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tokenizer file not found")
+    return Tokenizer.from_file(str(path))
+
+
+def default_threads() -> int:
+    # the CPUs this process may use (container cpusets included), not the host's core count
+    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else max(1, os.cpu_count() or 1)
+
+
+def checkpoint_windows(model_dir: Path, overrides: dict[str, int | None]) -> WindowSettings:
+    """Window settings: explicit arguments, else the checkpoint's training.json, else the defaults."""
+    values = asdict(WindowSettings())
+    training = model_dir / "training.json"
+    if training.is_file():
+        config = json.loads(training.read_text(encoding="utf-8")).get("config", {})
+        values.update({k: int(config[k]) for k in values if config.get(k) is not None})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return WindowSettings(**values)
+
+
+def open_checkpoint(
+    model_dir: Path, windows: WindowSettings, batch_size: int, threads: int, device: str = "auto"
+) -> WindowPredictor:
+    """A transformers checkpoint directory (config.json, weights, tokenizer.json)."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    torch.set_num_threads(threads)
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir).to(dev).eval()
+    tokenizer = _load_tokenizer(model_dir / "tokenizer.json")
+    return WindowPredictor(
+        tokenizer, torch_logits_fn(model, dev), windows, pad_token_id(tokenizer), batch_size, description=str(model_dir)
+    )
+
+
+def open_bundle(bundle_dir: Path, variant: str, batch_size: int, threads: int) -> tuple[WindowPredictor, str]:
+    """An ONNX bundle made by model_export, run on CPU; returns the predictor and the variant chosen."""
+    import onnxruntime as ort
+
+    manifest = read_manifest(bundle_dir)
+    chosen = choose_variant(manifest, variant, on_cuda=False)
+    onnx_file = manifest.variants[chosen]
+    verify_bundle(bundle_dir, [onnx_file, manifest.tokenizer])
+    opts = ort.SessionOptions()
+    # ORT sizes its pool from the host's cores and ignores CPU limits, so say how many to use
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(bundle_dir / onnx_file), sess_options=opts, providers=["CPUExecutionProvider"])
+    tokenizer = _load_tokenizer(bundle_dir / manifest.tokenizer)
+    windows = WindowSettings(manifest.max_seq_length, manifest.doc_stride, manifest.max_query_length)
+    predictor = WindowPredictor(
+        tokenizer,
+        ort_logits_fn(session, manifest.input_names, manifest.output_names),
+        windows,
+        pad_token_id(tokenizer),
+        batch_size,
+        description=f"{bundle_dir} [{chosen}]",
+    )
+    return predictor, chosen
+
+
+def open_predictor(
+    model: str,
+    variant: str = "auto",
+    batch_size: int = 32,
+    threads: int | None = None,
+    windows: dict[str, int | None] | None = None,
+) -> tuple[Predictor, str]:
+    """A service URL, an ONNX bundle directory (manifest.json) or a checkpoint directory (config.json).
+
+    Returns the predictor and a variant label ("service", "checkpoint" or the bundle precision).
+    """
+    if model.startswith(("http://", "https://")):
+        return ServicePredictor(model, batch_size), "service"
+    path = Path(model)
+    n_threads = threads or default_threads()
+    if (path / "manifest.json").is_file():
+        return open_bundle(path, variant, batch_size, n_threads)
+    if (path / "config.json").is_file():
+        return open_checkpoint(path, checkpoint_windows(path, windows or {}), batch_size, n_threads), "checkpoint"
+    raise FileNotFoundError(f"{model}: not a service URL, a bundle (manifest.json) or a checkpoint (config.json)")
+
+
+def evaluate_predictor(
+    predictor: Predictor,
+    examples: Sequence[Example],
+    out_dir: Path | None = None,
+    max_answer_length: int = 30,
+    n_best: int = 20,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Predict every example, score with both metrics and, given `out_dir`, write the three JSON files."""
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    t0 = time.perf_counter()
+    spans = predictor.predict([(e.question, e.context) for e in examples], n_best, max_answer_length)
+    seconds = time.perf_counter() - t0
+    predictions = {e.id: (s[0].text if s else "") for e, s in zip(examples, spans, strict=True)}
+    gold = [(e.id, [text for text, _ in e.answers]) for e in examples]
+    result: dict[str, Any] = {
+        **(meta or {}),
+        "model": predictor.description,
+        "n": len(examples),
+        "answered": sum(1 for t in predictions.values() if t),
+        "max_answer_length": max_answer_length,
+        "seconds": round(seconds, 3),
+        "questions_per_second": round(len(examples) / seconds, 2) if seconds > 0 else None,
+        **{metric: score(gold, predictions, metric) for metric in METRICS},
+    }
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        nbest = {e.id: [asdict(x) for x in s] for e, s in zip(examples, spans, strict=True)}
+        for name, payload in (("predictions", predictions), ("nbest", nbest), ("scores", result)):
+            (out_dir / f"{name}.json").write_text(json.dumps(payload, ensure_ascii=False, indent=1), encoding="utf-8")
+    return result
+
+
+def evaluate_model(
+    model: str,
+    data: str,
+    articles: str | None = "112:140",
+    out_dir: Path | None = None,
+    variant: str = "auto",
+    max_answer_length: int = 30,
+    batch_size: int = 32,
+    threads: int | None = None,
+    windows: dict[str, int | None] | None = None,
+) -> dict[str, Any]:
+    """Open `model` (checkpoint dir, bundle dir or service URL), evaluate it on `data`[articles]; the scores dict.
+
+    The dict has "squad" and "korquad" ({"exact_match", "f1"} on 0-100), "n", "variant" and timing.
+    """
+    predictor, chosen = open_predictor(model, variant, batch_size, threads, windows)
+    examples = load_examples(data, articles)
+    meta = {"data": data, "articles": articles, "variant": chosen}
+    return evaluate_predictor(predictor, examples, out_dir, max_answer_length, meta=meta)
+
+
+def manifest_scores(result: dict[str, Any], dataset: str, split: str) -> list[Score]:
+    """The manifest's Score entries (one per metric) for a result of `evaluate_model`."""
+    return [
+        Score(
+            dataset=dataset,
+            split=split,
+            n=result["n"],
+            metric=metric,
+            variant=result["variant"],
+            exact_match=round(result[metric]["exact_match"], 3),
+            f1=round(result[metric]["f1"], 3),
+        )
+        for metric in METRICS
+    ]
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    try:
+        result = evaluate_model(
+            args.model,
+            args.data,
+            args.articles,
+            Path(args.out) if args.out else None,
+            args.variant,
+            args.max_answer_length,
+            args.batch_size,
+            args.threads,
+            {
+                "max_seq_length": args.max_seq_length,
+                "doc_stride": args.doc_stride,
+                "max_query_length": args.max_query_length,
+            },
+        )
+    except (OSError, ValueError, BundleError, RuntimeError) as e:
+        print(f"evaluate: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `evaluate` verb."""
+    p = subparsers.add_parser("evaluate", help="predict a split with a checkpoint, bundle or service and score it")
+    p.add_argument("--model", required=True, help="checkpoint dir, bundle dir (manifest.json) or http(s) service URL")
+    p.add_argument("--data", required=True, help="SQuAD-format JSON file (or hf:NAME)")
+    p.add_argument("--articles", default="112:140", help="article range (default 112:140, the held-out test split)")
+    p.add_argument("--out", default=None, help="directory for predictions.json, nbest.json and scores.json")
+    p.add_argument("--variant", default="auto", help="bundle precision: int8|fp32|fp16 (auto: int8 if present)")
+    p.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens (local models)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per model call, or questions per request")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPUs this process may use)")
+    p.add_argument("--max-seq-length", type=int, default=None, help="checkpoint only (default: training.json, 384)")
+    p.add_argument("--doc-stride", type=int, default=None, help="checkpoint only (default: training.json, 128)")
+    p.add_argument("--max-query-length", type=int, default=None, help="checkpoint only (default: training.json, 64)")
+    p.set_defaults(func=_evaluate_command)
