@@ -40,6 +40,7 @@ def write_bundle(
     training: dict[str, object] | None = None,
     command: str | None = None,
     max_bytes: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Assemble the bundle in a sibling temp dir and rename it into place, so a bundle is whole or absent."""
     out_dir = Path(out_dir)
@@ -78,6 +79,7 @@ def write_bundle(
         training=training or {},
         command=command if command is not None else " ".join(sys.argv),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **(extra or {}),  # Manifest allows extra fields: build config and the like, for provenance
     )
     (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     if out_dir.exists():

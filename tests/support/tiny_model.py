@@ -82,7 +82,10 @@ def build_tiny_hf_model(out_dir: Path, seed: int = SEED) -> Path:
 
 
 def build_tiny_bundle(out_dir: Path, hf_dir: Path | None = None) -> Path:
-    """Tiny HF model -> the real export, quantize, validate and bundle code -> `out_dir/bundle`."""
+    """Tiny HF model -> the real export, quantize, validate and bundle code -> `out_dir/bundle`.
+
+    Layout others rely on: out_dir/hf (the checkpoint), out_dir/onnx (export work files), out_dir/bundle.
+    """
     from model_export.bundle import build_bundle_from_model
 
     out_dir = Path(out_dir)
@@ -105,4 +108,9 @@ def build_tiny_bundle(out_dir: Path, hf_dir: Path | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    print(build_tiny_bundle(Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-model")))
+    # python -m tests.support.tiny_model hf OUT      -> the tiny HF checkpoint only (for configs/tiny-smoke.toml)
+    # python -m tests.support.tiny_model bundle OUT  -> OUT/hf, OUT/onnx, OUT/bundle
+    what, out = (sys.argv[1], Path(sys.argv[2])) if len(sys.argv) == 3 else ("", Path())
+    if what not in ("hf", "bundle"):
+        sys.exit("usage: python -m tests.support.tiny_model {hf|bundle} OUT_DIR")
+    print(build_tiny_hf_model(out) if what == "hf" else build_tiny_bundle(out))
