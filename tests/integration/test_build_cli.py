@@ -1,0 +1,94 @@
+"""`python -m model_export build configs/tiny-smoke.toml` end to end, in a subprocess, on the tiny model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.engine.bundle import verify_bundle
+from tests.support.tiny_model import KORQUAD_DEV, build_tiny_hf_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "model_export", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "verb", ["import-base", "train", "evaluate", "score", "export", "quantize", "validate", "build"]
+)
+def test_every_verb_has_help(verb: str) -> None:
+    r = run_cli(verb, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "usage: python -m model_export " + verb in r.stdout
+
+
+def test_build_tiny_smoke_end_to_end(tmp_path: Path) -> None:
+    if not KORQUAD_DEV.is_file():
+        pytest.skip(f"{KORQUAD_DEV} not found")
+    base = build_tiny_hf_model(tmp_path / "base")
+    bundle = tmp_path / "bundle"
+    r = run_cli(
+        "build",
+        str(ROOT / "configs" / "tiny-smoke.toml"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--bundle-dir",
+        str(bundle),
+        "--set",
+        f"base.path={base}",
+        "--set",
+        f"data.file={KORQUAD_DEV}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().endswith(str(bundle))
+
+    m = verify_bundle(bundle)
+    assert m.variants == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    assert m.command.startswith("python -m model_export build")
+    assert m.training["steps"] == 4 and m.training["config"]["train_articles"] == "0:112"  # type: ignore[index]
+    # each shipped variant is scored on the held-out articles, with both metrics
+    assert {(s.variant, s.metric) for s in m.scores} == {(v, k) for v in ("fp32", "int8") for k in ("korquad", "squad")}
+    assert all(s.n == 8 and "112:140" in s.split for s in m.scores)
+    # fp16 was built, validated and scored but not shipped
+    assert m.validation["variants"]["fp16"]["structure"]["inputs"] == m.input_names  # type: ignore[index]
+    assert {s["variant"] for s in m.model_extra["unshipped_scores"]} == {"fp16"}  # type: ignore[index]
+
+
+def test_build_fails_when_bundle_exceeds_budget(tmp_path: Path) -> None:
+    if not KORQUAD_DEV.is_file():
+        pytest.skip(f"{KORQUAD_DEV} not found")
+    base = build_tiny_hf_model(tmp_path / "base")
+    r = run_cli(
+        "build",
+        str(ROOT / "configs" / "tiny-smoke.toml"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--bundle-dir",
+        str(tmp_path / "bundle"),
+        "--set",
+        f"base.path={base}",
+        "--set",
+        f"data.file={KORQUAD_DEV}",
+        "--set",
+        "export.max_bundle_mb=0.1",
+        "--set",
+        "evaluate.max_examples=2",
+    )
+    assert r.returncode != 0
+    assert "BundleTooLarge" in r.stderr and "> 0.1 MiB" in r.stderr
+    assert not (tmp_path / "bundle").exists()
