@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,3 +93,24 @@ def test_build_fails_when_bundle_exceeds_budget(tmp_path: Path) -> None:
     assert r.returncode != 0
     assert "BundleTooLarge" in r.stderr and "> 0.1 MiB" in r.stderr
     assert not (tmp_path / "bundle").exists()
+
+
+def test_single_verbs_chain(tiny_bundle: Path, tmp_path: Path) -> None:
+    """import-base --from-hf -> export -> quantize -> validate, each as its own command."""
+    hf = tmp_path / "hf"
+    assert run_cli("import-base", "--from-hf", str(tiny_bundle.parent / "hf"), "--out", str(hf)).returncode == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in hf.iterdir()}
+    onnx_dir = tmp_path / "onnx"
+    r = run_cli("export", "--model", str(hf), "--out", str(onnx_dir))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli("quantize", "--model", str(onnx_dir / "model.onnx"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (onnx_dir / "model.int8.onnx").is_file()
+    window_flags = ["--max-seq-length", "128", "--doc-stride", "32", "--max-query-length", "32"]
+    r = run_cli("validate", "--model", str(hf), "--onnx-dir", str(onnx_dir), *window_flags)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert set(json.loads((onnx_dir / "validation.json").read_text())["variants"]) == {"fp32", "fp16", "int8"}
+    # an impossible tolerance makes the verb fail with the numbers, not pass quietly
+    tight = json.dumps({"int8": {"atol": 1e-9}})
+    r = run_cli("validate", "--model", str(hf), "--onnx-dir", str(onnx_dir), *window_flags, "--tolerances", tight)
+    assert r.returncode == 1 and "FAILED" in r.stderr and "atol 1e-09" in r.stderr
