@@ -1,0 +1,216 @@
+"""HTTP contract with a fake engine: validation (field + reason), the error table, isolation, health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.engine.errors import DeadlineExceeded, NotReady, Overloaded
+from app.main import create_app
+from app.settings import Settings
+from tests.support.fake_engine import FakeEngine
+
+SETTINGS = Settings(
+    max_question_chars=50,
+    max_context_chars=200,
+    max_batch_items=3,
+    max_top_k=5,
+    max_answer_length_limit=64,
+    max_body_bytes=4096,
+)
+OK = {"question": "where is seoul", "context": "it is in seoul"}
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(engine: FakeEngine):
+    with TestClient(create_app(SETTINGS, lambda s, m: engine)) as c:
+        yield c
+
+
+def field_of(r: httpx.Response) -> str:
+    return r.json()["error"]["fields"][0]["field"]
+
+
+def test_answer_ok(client):
+    r = client.post("/answer", json=OK)
+    assert r.status_code == 200
+    assert r.json()["answers"] == [{"text": "seoul", "score": 1.0, "start": 9, "end": 14}]
+    assert r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("patch", "field", "reason"),
+    [
+        ({"question": ""}, "question", "at least 1"),
+        ({"question": " \t\n "}, "question", "whitespace"),
+        ({"context": "   "}, "context", "whitespace"),
+        ({"question": "q" * 51}, "question", "at most 50"),
+        ({"context": "c" * 201}, "context", "at most 200"),
+        ({"top_k": 0}, "top_k", "greater than or equal to 1"),
+        ({"top_k": 6}, "top_k", "less than or equal to 5"),
+        ({"max_answer_length": 0}, "max_answer_length", "greater than or equal to 1"),
+        ({"max_answer_length": 65}, "max_answer_length", "less than or equal to 64"),
+        ({"question": 123}, "question", "valid string"),
+        ({"top_k": "3"}, "top_k", "valid integer"),
+        ({"top_k": 2.5}, "top_k", "valid integer"),
+        ({"allow_no_answer": "yes"}, "allow_no_answer", "valid boolean"),
+        ({"topk": 3}, "topk", "Extra inputs"),
+        ({"question": None}, "question", "valid string"),
+    ],
+)
+def test_bad_fields_get_422_naming_field(client, engine, patch, field, reason):
+    r = client.post("/answer", json={**OK, **patch})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_request"
+    assert field_of(r) == field
+    assert reason in err["fields"][0]["reason"]
+    assert engine.calls == []  # nothing reached the model
+
+
+def test_missing_field(client):
+    r = client.post("/answer", json={"question": "q"})
+    assert r.status_code == 422 and field_of(r) == "context"
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"question": "\\ud800", "context": "x"}', b'{"question": "a\\udfffb", "context": "x"}']
+)
+def test_lone_surrogates_are_422(client, raw):
+    r = client.post("/answer", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and field_of(r) == "question"
+
+
+def test_lone_surrogate_reason_is_clear():
+    from app.api.schemas import check_text
+
+    with pytest.raises(ValueError, match="lone surrogate"):
+        check_text("ab\ud800")
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2", "\ufeff{}".encode()])
+def test_not_json_is_400(client, raw):
+    r = client.post("/answer", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422)
+    assert r.status_code == 400 or r.json()["error"]["fields"]
+
+
+def test_body_not_an_object_is_422(client):
+    r = client.post("/answer", json=["question", "context"])
+    assert r.status_code == 422
+
+
+def test_body_over_limit_is_413(client):
+    big = json.dumps({**OK, "context": "x" * 5000}).encode()
+    r = client.post("/answer", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+    def chunks():
+        for _ in range(10):
+            yield b"x" * 1000
+
+    r = client.post("/answer", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_batch_ok_and_ordered(client):
+    items = [{"question": "find alpha", "context": "alpha beta"}, {"question": "find beta", "context": "alpha beta"}]
+    r = client.post("/batch_answer", json={"items": items})
+    assert r.status_code == 200
+    assert [res["answers"][0]["text"] for res in r.json()["results"]] == ["alpha", "beta"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"items": []}, "items"),
+        ({"items": [OK] * 4}, "items"),
+        ({"items": [OK, {**OK, "top_k": 0}]}, "items.1.top_k"),
+        ({"items": [OK, OK, {**OK, "context": ""}]}, "items.2.context"),
+        ({"items": "nope"}, "items"),
+        ({}, "items"),
+    ],
+)
+def test_batch_validates_whole_body_first(client, engine, body, field):
+    r = client.post("/batch_answer", json=body)
+    assert r.status_code == 422
+    assert field_of(r) == field
+    assert engine.calls == []
+
+
+def test_engine_input_too_large_names_item(client):
+    client.app.state.engine.max_context_words = 2
+    r = client.post(
+        "/batch_answer", json={"items": [{"question": "q", "context": "a b"}, {"question": "q", "context": "a b c"}]}
+    )
+    assert r.status_code == 422 and field_of(r) == "items.1.context"
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (Overloaded("full"), 429, "overloaded"),
+        (DeadlineExceeded("late"), 504, "deadline_exceeded"),
+        (NotReady("loading"), 503, "not_ready"),
+    ],
+)
+def test_error_table(engine, exc, status, code):
+    async def boom(requests, cancelled=None):
+        raise exc
+
+    engine.answer = boom  # type: ignore[method-assign]
+    with TestClient(create_app(SETTINGS, lambda s, m: engine)) as c:
+        r = c.post("/answer", json=OK, headers={"x-request-id": "abc"})
+    assert r.status_code == status
+    assert r.json()["error"]["code"] == code and r.json()["error"]["request_id"] == "abc"
+    if status in (429, 503):
+        assert r.headers["retry-after"] == "1"
+
+
+async def test_failing_request_does_not_disturb_others():
+    engine = FakeEngine(latency_s=0.05, fail_on="poison")
+    app = create_app(SETTINGS, lambda s, m: engine)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        good = [c.post("/answer", json={"question": f"find w{i}", "context": f"here is w{i}"}) for i in range(5)]
+        bad = c.post("/answer", json={"question": "poison", "context": "x"})
+        results = await asyncio.gather(*good, bad)
+    assert [r.status_code for r in results[:5]] == [200] * 5
+    assert [r.json()["answers"][0]["text"] for r in results[:5]] == [f"w{i}" for i in range(5)]
+    assert results[5].status_code == 500 and results[5].json()["error"]["code"] == "inference_failed"
+
+
+def test_health_endpoints(client, engine):
+    assert client.get("/livez").json()["status"] == "alive"
+    assert client.get("/readyz").status_code == 200
+    engine.ready = False
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/livez").status_code == 200  # liveness does not depend on the model
+    engine.alive = False
+    assert client.get("/livez").status_code == 503
+
+
+def test_models_metrics_docs(client):
+    assert client.get("/v1/models").json()["data"][0]["name"] == "fake"
+    client.post("/answer", json=OK)
+    client.post("/answer", json={})
+    text = client.get("/metrics").text
+    assert 'qa_requests_total{endpoint="/answer",outcome="200"} 1.0' in text
+    assert 'qa_requests_total{endpoint="/answer",outcome="422"} 1.0' in text
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["AnswerRequest"]["properties"]
+    assert schema["question"]["maxLength"] == 50 and schema["top_k"]["maximum"] == 5
+
+
+def test_unknown_path_is_404_json(client):
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "http_404"

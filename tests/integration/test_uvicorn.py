@@ -1,0 +1,91 @@
+"""`python -m app` as a user runs it: a real uvicorn process over HTTP, graceful SIGTERM, bad bundles exit non-zero."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.support.marker_model import MARKER
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def call(url: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def start(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=REPO,
+        env={**os.environ, "QA_HOST": "127.0.0.1", "QA_INTRA_OP_THREADS": "1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_real_server_answers_and_shuts_down_gracefully(marker_bundle):
+    port = free_port()
+    proc = start({"QA_MODEL_DIR": str(marker_bundle), "QA_PORT": str(port)})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                if call(base + "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "server never became ready"
+            time.sleep(0.1)
+        assert call(base + "/livez") == (200, {"status": "alive", "detail": ""})
+        context = "긴 문장. " * 80 + f"정답은 {MARKER}이다."
+        status, body = call(base + "/answer", {"question": "정답은?", "context": context})
+        assert status == 200 and body["answers"][0]["start"] == context.rindex(MARKER)
+        status, body = call(base + "/batch_answer", {"items": [{"question": "q", "context": MARKER}] * 3})
+        assert status == 200 and len(body["results"]) == 3
+        status, body = call(base + "/answer", {"question": "", "context": "x"})
+        assert status == 422 and body["error"]["fields"][0]["field"] == "question"
+        with urllib.request.urlopen(base + "/docs", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode()
+    # uvicorn finishes in-flight work, then re-raises the signal so the exit status says SIGTERM
+    assert proc.returncode in (0, -signal.SIGTERM), out
+    assert "Application shutdown complete" in out
+    assert "CPUExecutionProvider" in out  # the provider is in the start-up log
+
+
+def test_bad_bundle_exits_nonzero_with_reason(tmp_path):
+    proc = start({"QA_MODEL_DIR": str(tmp_path), "QA_PORT": str(free_port())})
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 3
+    assert "manifest.json" in out
+
+
+def test_invalid_settings_exit_2(tmp_path):
+    proc = start({"QA_MODEL_DIR": str(tmp_path), "QA_PORT": "70000"})
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 2 and "port" in out
