@@ -130,6 +130,8 @@ def optimize_onnx(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Pat
 
     opt_level=0 runs only the Python fusions, not ORT's own provider-specific graph rewrites, so the
     saved graph runs on CPU and CUDA alike; the session applies its own optimisations at load.
+    The fused EmbedLayerNormalization turns attention_mask into per-row lengths, so batches must be
+    right-padded (as model_export.data.pad_batch and the service do); validate.py checks padded batches.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model

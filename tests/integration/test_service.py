@@ -144,7 +144,7 @@ def test_tampered_bundle_is_refused(marker_bundle, tmp_path):
     shutil.copytree(marker_bundle, copy)
     with (copy / "model.int8.onnx").open("ab") as f:
         f.write(b"\0")
-    with pytest.raises(BundleError, match="model.int8.onnx"):
+    with pytest.raises(BundleError, match=r"model\.int8\.onnx"):
         create_app(Settings(model_dir=copy))
     with pytest.raises(BundleError, match="manifest"):
         create_app(Settings(model_dir=tmp_path))
