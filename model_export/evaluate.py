@@ -80,6 +80,7 @@ class WindowPredictor:
         batch_size: int = 32,
         chunk_examples: int = 256,
         description: str = "local model",
+        trim_suffixes: Sequence[str] = (),
     ) -> None:
         if batch_size < 1 or chunk_examples < 1:
             raise ValueError("batch_size and chunk_examples must be positive")
@@ -90,6 +91,7 @@ class WindowPredictor:
         self.batch_size = batch_size
         self.chunk_examples = chunk_examples
         self.description = description
+        self.trim_suffixes = tuple(trim_suffixes)
 
     def _logits(self, windows: list[Window]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per-window (start, end) logits, cut back to each window's own length."""
@@ -127,6 +129,7 @@ class WindowPredictor:
                     [e for _, e in mine],
                     top_k=top_k,
                     max_answer_length=max_answer_length,
+                    trim_suffixes=self.trim_suffixes,
                 )
                 results.append([Span(a.text, a.score, a.start, a.end) for a in decoded.answers])
             log.info("%s: %d/%d questions", self.description, len(results), len(pairs))
@@ -287,6 +290,7 @@ def open_bundle(bundle_dir: Path, variant: str, batch_size: int, threads: int) -
         pad_token_id(tokenizer),
         batch_size,
         description=f"{bundle_dir} [{chosen}]",
+        trim_suffixes=manifest.trim_suffixes,
     )
     return predictor, chosen
 

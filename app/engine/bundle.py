@@ -51,6 +51,7 @@ class Manifest(BaseModel):
     tokenizer: str = "tokenizer.json"
     variants: dict[str, str]  # precision -> ONNX file name
     files: dict[str, FileEntry]
+    trim_suffixes: list[str] = []  # cut from span ends at decoding; learned on the training split
     scores: list[Score] = []
     validation: dict[str, object] = {}
     training: dict[str, object] = {}

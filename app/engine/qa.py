@@ -240,6 +240,7 @@ class QAEngine:
                 max_answer_length=req.max_answer_length,
                 top_n=max(self.settings.top_n, req.top_k),
                 allow_no_answer=req.allow_no_answer,
+                trim_suffixes=self.manifest.trim_suffixes,
             )
             results.append(QAResult(decoded.answers, decoded.no_answer_score, len(ws)))
         self.metrics.decode_seconds.observe(time.perf_counter() - t1)

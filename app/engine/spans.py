@@ -80,11 +80,15 @@ def decode_spans(
     max_answer_length: int,
     top_n: int = 20,
     allow_no_answer: bool = False,
+    trim_suffixes: Sequence[str] = (),
 ) -> Decoded:
     """Merge the windows of one request into the top-k distinct character spans.
 
     Every window is scored with raw start+end logits, which share one scale across windows; a
-    per-window softmax would favour spans from short windows. Identical character spans found in
+    per-window softmax would favour spans from short windows. `trim_suffixes` (longest first) are cut
+    from span ends: Korean particles ride inside the answer's last token ("시위를"), and the bundle
+    lists the ones that, on the training split, more often follow the answer than belong to it.
+    Identical character spans found in
     overlapping windows keep their best logit. `score` is the softmax of the logit over all distinct
     candidate spans of the request (plus the null answer when `allow_no_answer`).
     """
@@ -97,6 +101,10 @@ def decode_spans(
             start, end = _trim(context, int(window.offsets[s, 0]), int(window.offsets[e, 1]))
             if start >= end:
                 continue
+            for suffix in trim_suffixes:
+                if end - start > len(suffix) and context.endswith(suffix, start, end):
+                    end -= len(suffix)
+                    break
             key = (start, end)
             if logit > best.get(key, -np.inf):
                 best[key] = float(logit)

@@ -130,3 +130,23 @@ def test_combining_marks_stay_with_their_base(unigram):
     start[toks[0]], end[toks[-1]] = 10, 10
     out = decode_spans(context, [w], [start], [end], top_k=1, max_answer_length=10)
     assert out.answers[0].text.endswith("e\u0301")
+
+
+def test_trim_suffixes_cut_particles_but_never_the_whole_answer(unigram):
+    context = "경찰이 시위를 막았다. 를"
+    [pair] = encode_pairs(unigram, [("무엇을?", context)])
+    [w] = make_windows(pair, 64, 8, 8)
+    start, end = np.zeros(len(w), np.float32), np.zeros(len(w), np.float32)
+    a, b = context.index("시위를"), context.index("시위를") + 3
+    toks = [t for t in range(w.context_start, w.context_end) if w.offsets[t, 1] > a and w.offsets[t, 0] < b]
+    start[toks[0]], end[toks[-1]] = 10, 10
+    plain = decode_spans(context, [w], [start], [end], top_k=1, max_answer_length=10)
+    assert plain.answers[0].text == "시위를"
+    out = decode_spans(context, [w], [start], [end], top_k=1, max_answer_length=10, trim_suffixes=("를", "을"))
+    assert (out.answers[0].text, out.answers[0].start) == ("시위", a)
+    lone = context.rindex("를")
+    t = next(t for t in range(w.context_start, w.context_end) if w.offsets[t, 1] == lone + 1)
+    start[:], end[:] = 0, 0
+    start[t], end[t] = 10, 10
+    out = decode_spans(context, [w], [start], [end], top_k=1, max_answer_length=10, trim_suffixes=("를",))
+    assert out.answers[0].text == "를"  # trimming must leave something

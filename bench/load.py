@@ -1,0 +1,88 @@
+"""Closed-loop load generator for a running service: KorQuAD test questions, N concurrent clients.
+
+    python bench/load.py --url http://127.0.0.1:8000 --concurrency 8 --requests 400
+
+Prints one JSON line: throughput, latency percentiles, and the server's batch-size histogram delta.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "korquad" / "KorQuAD_v1.0_dev.json"
+
+
+def load_items(path: Path, articles: slice) -> list[dict[str, str]]:
+    data = json.loads(path.read_text(encoding="utf-8"))["data"][articles]
+    return [
+        {"question": qa["question"], "context": p["context"]} for a in data for p in a["paragraphs"] for qa in p["qas"]
+    ]
+
+
+def batch_hist(metrics_text: str) -> tuple[float, float]:
+    """(sum, count) of qa_batch_windows."""
+    s = re.search(r"^qa_batch_windows_sum ([0-9.e+]+)$", metrics_text, re.M)
+    c = re.search(r"^qa_batch_windows_count ([0-9.e+]+)$", metrics_text, re.M)
+    return (float(s.group(1)) if s else 0.0, float(c.group(1)) if c else 0.0)
+
+
+async def run(url: str, items: list[dict[str, str]], concurrency: int, n: int) -> dict[str, object]:
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(n))
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        before = batch_hist((await client.get("/metrics")).text)
+
+        async def worker() -> None:
+            nonlocal errors
+            for i in counter:
+                t0 = time.perf_counter()
+                r = await client.post("/answer", json=items[i % len(items)])
+                latencies.append(time.perf_counter() - t0)
+                errors += r.status_code != 200
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+        after = batch_hist((await client.get("/metrics")).text)
+        model = (await client.get("/v1/models")).json()["data"][0]
+
+    lat = sorted(latencies)
+    batches = after[1] - before[1]
+    return {
+        "model": model["name"],
+        "precision": model["precision"],
+        "provider": model["execution_provider"],
+        "concurrency": concurrency,
+        "requests": n,
+        "errors": errors,
+        "throughput_rps": round(n / wall, 2),
+        "p50_ms": round(1000 * statistics.median(lat), 1),
+        "p90_ms": round(1000 * lat[int(0.9 * (len(lat) - 1))], 1),
+        "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1),
+        "mean_windows_per_batch": round((after[0] - before[0]) / batches, 2) if batches else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=200)
+    args = ap.parse_args()
+    items = load_items(args.data, slice(112, 140))  # the held-out test articles
+    print(json.dumps(asyncio.run(run(args.url, items, args.concurrency, args.requests))))
+
+
+if __name__ == "__main__":
+    main()
