@@ -48,13 +48,15 @@ class Settings(BaseSettings):
     cpu_mem_arena: bool = Field(
         False, description="ORT CPU arena; off because it keeps the high-water mark of the largest batch."
     )
-    warmup: bool = Field(True, description="Run a dummy batch of each length bucket before reporting ready.")
+    warmup: bool = Field(True, description="Run a short and a full-size dummy batch before reporting ready.")
 
     # --- server ---
     host: str = Field("0.0.0.0", description="Bind address.")  # noqa: S104 - a container service
     port: int = Field(8000, ge=1, le=65535, description="Bind port.")
     graceful_timeout_s: float = Field(20.0, gt=0, description="Seconds uvicorn lets in-flight requests finish.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the app and uvicorn."
+    )
 
     # --- batching ---
     max_batch_windows: int = Field(32, ge=1, description="Windows per ONNX Runtime call.")

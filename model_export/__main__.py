@@ -240,7 +240,7 @@ def build(cfg: dict[str, Any], command: str) -> Path:
     from model_export.bundle import training_record, write_bundle
     from model_export.data import load_examples
     from model_export.export import export_all, read_export_info
-    from model_export.quantize import quantize_int8
+    from model_export.quantize import quantize_int8, quantize_weight_only
     from model_export.train import TrainConfig, train
     from model_export.validate import parse_tolerances, validate
 
@@ -277,20 +277,54 @@ def build(cfg: dict[str, Any], command: str) -> Path:
     else:
         model_dir = train(train_cfg)
 
+    train_examples = load_examples(data["file"], data["train_articles"])
+    prune_cfg = cfg.get("prune", {})
+    prune_report: dict[str, Any] = {}
+    if prune_cfg.get("enabled", False):
+        model_dir, prune_report = prune_model(model_dir, work / "pruned", train_examples, data, prune_cfg)
+
+    trim: list[str] = []
+    decode_cfg = cfg.get("decode", {})
+    if decode_cfg.get("trim_suffixes") == "learn":
+        from model_export.suffixes import learn_trim_suffixes
+        from model_export.train import load_tokenizer
+
+        rules = learn_trim_suffixes(
+            load_tokenizer(str(model_dir)),
+            train_examples,
+            win["max_seq_length"],
+            win["doc_stride"],
+            win["max_query_length"],
+            decode_cfg.get("min_count", 3),
+        )
+        trim = [r.suffix for r in rules]
+        log.info("trim suffixes learned on the training split: %s", [(r.suffix, r.fixes, r.breaks) for r in rules])
+    elif isinstance(decode_cfg.get("trim_suffixes"), list):
+        trim = list(decode_cfg["trim_suffixes"])
+
     onnx_dir = work / "onnx"
     made = export_all(model_dir, onnx_dir, fp16="fp16" in variants)
     if "int8" in variants:
-        made["int8"] = quantize_int8(
-            made["fp32"],
-            onnx_dir / "model.int8.onnx",
-            exp.get("per_channel", True),
-            exp.get("quantize_embeddings", True),
-        )
+        if exp.get("int8_method", "dynamic") == "weight-only":
+            made["int8"] = quantize_weight_only(
+                onnx_dir / "model.raw.onnx",
+                onnx_dir / "model.int8.onnx",
+                exp.get("matmul_bits", 8),
+                exp.get("gather_bits", 4),
+                exp.get("block_size", 32),
+            )
+        else:
+            made["int8"] = quantize_int8(
+                made["fp32"],
+                onnx_dir / "model.int8.onnx",
+                exp.get("per_channel", True),
+                exp.get("quantize_embeddings", True),
+            )
     info = read_export_info(onnx_dir)
     input_names, output_names = list(info["input_names"]), list(info["output_names"])
     n_val = cfg.get("validate", {}).get("max_examples", 16)
     # validation pairs come from the training split: nothing is tuned on them, but test stays untouched
-    val_examples = load_examples(data["file"], data["train_articles"])[:n_val]
+    val_examples = train_examples[:n_val]
     report = validate(
         model_dir,
         {v: made[v] for v in variants},
@@ -318,8 +352,15 @@ def build(cfg: dict[str, Any], command: str) -> Path:
         "training": training_record(model_dir),
         "command": command,
     }
+    manifest_extra = {
+        "trim_suffixes": trim,
+        "vocabulary_pruning": prune_report,
+        "int8_method": exp.get("int8_method", "dynamic"),
+    }
     # every variant is scored from a bundle, the same files and code path the service will use
-    staged = write_bundle(work / "bundle-all", onnx_files={v: made[v] for v in variants}, **common)
+    staged = write_bundle(
+        work / "bundle-all", onnx_files={v: made[v] for v in variants}, extra=manifest_extra, **common
+    )
     scores = evaluate_variants(staged, variants, data, ev)
     max_mb = exp.get("max_bundle_mb")
     return write_bundle(
@@ -328,9 +369,49 @@ def build(cfg: dict[str, Any], command: str) -> Path:
         scores=[s for s in scores if s["variant"] in bundle_variants],
         max_bytes=int(max_mb * 2**20) if max_mb else None,
         # variants built and scored but not shipped stay on record, outside `scores`
-        extra={"build_config": cfg, "unshipped_scores": [s for s in scores if s["variant"] not in bundle_variants]},
+        extra={
+            **manifest_extra,
+            "build_config": cfg,
+            "unshipped_scores": [s for s in scores if s["variant"] not in bundle_variants],
+        },
         **common,
     )
+
+
+def english_sample() -> list[str]:
+    """English prose for measuring tokenization (not for choosing pieces): installed packages' long descriptions."""
+    import importlib.metadata as md
+    import re
+
+    out: list[str] = []
+    for pkg in ("transformers", "numpy", "fastapi", "pydantic", "torch", "onnxruntime", "tokenizers", "uvicorn"):
+        try:
+            body = md.metadata(pkg).get_payload() or ""  # type: ignore[attr-defined]
+        except md.PackageNotFoundError:
+            continue
+        for para in re.split(r"\n\s*\n", str(body)):
+            if len(para) > 80 and not para.lstrip().startswith(("```", "<", "|", "!", "[", "    ")):
+                out.append(" ".join(para.split()))
+    return out
+
+
+def prune_model(
+    model_dir: Path, out: Path, train_examples: list[Any], data: dict[str, Any], prune_cfg: dict[str, Any]
+) -> tuple[Path, dict[str, Any]]:
+    """Keep the vocabulary pieces Korean, English, digits and punctuation need; measure what it costs."""
+    from model_export.data import load_examples
+    from model_export.prune_vocab import PruneSpec, prune
+
+    spec = PruneSpec(**{k: v for k, v in prune_cfg.items() if k != "enabled"})
+    train_texts = list(dict.fromkeys([e.context for e in train_examples] + [e.question for e in train_examples]))
+    test = load_examples(data["file"], data["test_articles"])
+    measure = {
+        "korquad_test_split": list(dict.fromkeys([e.context for e in test] + [e.question for e in test])),
+        "english_package_docs": english_sample(),
+    }
+    report = prune(model_dir, out, train_texts, spec, measure)
+    log.info("pruned vocabulary: %s", report)
+    return out, report
 
 
 def evaluate_variants(

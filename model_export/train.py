@@ -46,7 +46,7 @@ class TrainConfig:
 
 
 def set_seed(seed: int) -> None:
-    import torch  # noqa: PLC0415
+    import torch
 
     random.seed(seed)
     np.random.seed(seed)
@@ -72,7 +72,7 @@ def _latest_checkpoint(out: Path) -> Path | None:
 
 
 def load_tokenizer(model_dir: str):  # noqa: ANN201 - tokenizers.Tokenizer
-    from tokenizers import Tokenizer  # noqa: PLC0415
+    from tokenizers import Tokenizer
 
     path = Path(model_dir) / "tokenizer.json"
     if path.exists():
@@ -82,9 +82,9 @@ def load_tokenizer(model_dir: str):  # noqa: ANN201 - tokenizers.Tokenizer
 
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) fine-tuning; returns the directory of the final model."""
-    import torch  # noqa: PLC0415
-    from tqdm.auto import tqdm  # noqa: PLC0415
-    from transformers import AutoModelForQuestionAnswering, get_linear_schedule_with_warmup  # noqa: PLC0415
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForQuestionAnswering, get_linear_schedule_with_warmup
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +165,10 @@ def train(cfg: TrainConfig) -> Path:
             group = batches[batch_in_epoch : batch_in_epoch + cfg.grad_accum]
             for idx in group:
                 feats = [features[i] for i in idx]
-                inputs = {k: torch.from_numpy(v).to(device) for k, v in pad_batch([f.window for f in feats], pad_id, 32).items()}
+                inputs = {
+                    k: torch.from_numpy(v).to(device)
+                    for k, v in pad_batch([f.window for f in feats], pad_id, 32).items()
+                }
                 starts = torch.tensor([f.start_position for f in feats], device=device)
                 ends = torch.tensor([f.end_position for f in feats], device=device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -191,8 +194,14 @@ def train(cfg: TrainConfig) -> Path:
     shutil.copy(Path(cfg.base_model) / "tokenizer.json", final / "tokenizer.json")
     (final / "training.json").write_text(
         json.dumps(
-            {"config": asdict(cfg), "steps": step, "windows": len(features), "examples": len(examples),
-             "seconds": round(time.time() - t0, 1), "final_loss": float(np.mean(losses[-50:])) if losses else None},
+            {
+                "config": asdict(cfg),
+                "steps": step,
+                "windows": len(features),
+                "examples": len(examples),
+                "seconds": round(time.time() - t0, 1),
+                "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            },
             indent=2,
         )
     )
