@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from app.engine.windows import PairTokenizer, Window, encode_pairs, label_window, make_windows
 
 
@@ -108,16 +106,3 @@ def training_features(
             s, e = label_window(w, start, start + len(text))
             features.append(Feature(idx, w, s, e))
     return features
-
-
-def pad_batch(windows: list[Window], pad_id: int, multiple: int = 1) -> dict[str, np.ndarray]:
-    """Right-pad to the longest window of the batch, rounded up to `multiple` (fewer distinct shapes)."""
-    width = -(-max(len(w) for w in windows) // multiple) * multiple
-    ids = np.full((len(windows), width), pad_id, dtype=np.int64)
-    types = np.zeros((len(windows), width), dtype=np.int64)
-    mask = np.zeros((len(windows), width), dtype=np.int64)
-    for i, w in enumerate(windows):
-        ids[i, : len(w)] = w.input_ids
-        types[i, : len(w)] = w.token_type_ids
-        mask[i, : len(w)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}

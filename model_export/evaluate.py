@@ -20,8 +20,8 @@ import numpy as np
 
 from app.engine.bundle import BundleError, Score, choose_variant, read_manifest, verify_bundle
 from app.engine.spans import decode_spans
-from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows
-from model_export.data import Example, load_examples, pad_batch
+from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows, pad_batch, pad_token_id
+from model_export.data import Example, load_examples
 from model_export.metrics import METRICS, score
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,6 @@ class WindowSettings:
     max_seq_length: int = 384
     doc_stride: int = 128
     max_query_length: int = 64
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    """The tokenizer's padding id (XLM-R style `<pad>` or BERT style `[PAD]`), 0 when it has neither."""
-    for token in ("<pad>", "[PAD]"):
-        idx = tokenizer.token_to_id(token)
-        if idx is not None:
-            return int(idx)
-    return 0
 
 
 class WindowPredictor:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.data import Feature, load_examples, pad_batch, training_features
+from app.engine.windows import pad_batch, pad_token_id
+from model_export.data import Feature, load_examples, training_features
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.max_examples:
         examples = examples[: cfg.max_examples]
     features = training_features(tokenizer, examples, cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length)
-    pad_id = tokenizer.token_to_id("<pad>")
-    if pad_id is None:
-        pad_id = tokenizer.token_to_id("[PAD]") or 0
+    pad_id = pad_token_id(tokenizer)
     log.info("%d examples -> %d windows", len(examples), len(features))
 
     model = AutoModelForQuestionAnswering.from_pretrained(cfg.base_model).to(device)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.engine.windows import Window, encode_pairs, make_windows
-from model_export.data import pad_batch
+from app.engine.windows import Window, encode_pairs, make_windows, pad_batch, pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +46,6 @@ SAMPLE_PAIRS: list[tuple[str, str]] = [
         "조선의 제4대 왕 세종은 1443년 훈민정음을 창제하였다. 훈민정음은 오늘날 한글이라 불린다. " * 8,
     ),
 ]
-
-
-def pad_token_id(tokenizer: object) -> int:
-    for token in ("<pad>", "[PAD]"):
-        i = tokenizer.token_to_id(token)  # type: ignore[attr-defined]
-        if i is not None:
-            return int(i)
-    return 0
 
 
 def validation_windows(

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from app.engine.batcher import Batcher, Logits, padded_width
+from app.engine.batcher import Batcher, Logits
 from app.engine.bundle import BundleError, Manifest, choose_variant, verify_bundle
 from app.engine.errors import DeadlineExceeded, InputTooLarge, NotReady
 from app.engine.interface import Health, QARequest, QAResult
 from app.engine.runtime import CUDA, OrtRuntime, cuda_available
 from app.engine.spans import decode_spans
-from app.engine.windows import Window, encode_pairs, make_windows
+from app.engine.windows import Window, encode_pairs, make_windows, pad_batch, pad_token_id
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -26,29 +26,6 @@ log = logging.getLogger(__name__)
 # Pad batches to a multiple of this many tokens: few distinct shapes keep ORT's memory and kernel
 # caches bounded while wasting at most 31 tokens of padding per window.
 PAD_MULTIPLE = 32
-
-
-def pad_windows(windows: list[Window], pad_id: int, multiple: int = PAD_MULTIPLE) -> dict[str, np.ndarray]:
-    """Right-pad to the longest window in the batch (rounded up), not to max_seq_length."""
-    width = padded_width(max(len(w) for w in windows), multiple)
-    ids = np.full((len(windows), width), pad_id, dtype=np.int64)
-    types = np.zeros((len(windows), width), dtype=np.int64)
-    mask = np.zeros((len(windows), width), dtype=np.int64)
-    for i, w in enumerate(windows):
-        ids[i, : len(w)] = w.input_ids
-        types[i, : len(w)] = w.token_type_ids
-        mask[i, : len(w)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
-def pad_token_id(tokenizer: Tokenizer) -> int:
-    if tokenizer.padding is not None:
-        return int(tokenizer.padding["pad_id"])
-    for tok in ("<pad>", "[PAD]"):
-        i = tokenizer.token_to_id(tok)
-        if i is not None:
-            return i
-    return 0
 
 
 class QAEngine:
@@ -184,7 +161,7 @@ class QAEngine:
 
     def _infer(self, windows: list[Window]) -> list[Logits]:
         assert self.runtime is not None
-        start, end = self.runtime.run(pad_windows(windows, self.pad_id))
+        start, end = self.runtime.run(pad_batch(windows, self.pad_id, PAD_MULTIPLE))
         return [(start[i, : len(w)], end[i, : len(w)]) for i, w in enumerate(windows)]
 
     async def answer(self, requests: list[QARequest], cancelled: asyncio.Event | None = None) -> list[QAResult]:

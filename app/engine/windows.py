@@ -154,3 +154,28 @@ def label_window(window: Window, answer_start: int, answer_end: int) -> tuple[in
     if start >= len(offs) or end < start:
         return 0, 0
     return window.context_start + start, window.context_start + end
+
+
+def pad_token_id(tokenizer: object) -> int:
+    """The tokenizer's padding id (XLM-R `<pad>` or BERT `[PAD]`), 0 when it has neither."""
+    for token in ("<pad>", "[PAD]"):
+        i = tokenizer.token_to_id(token)  # type: ignore[attr-defined]
+        if i is not None:
+            return int(i)
+    return 0
+
+
+def pad_batch(windows: Sequence[Window], pad_id: int, multiple: int = 1) -> dict[str, np.ndarray]:
+    """Right-pad to the longest window of the batch rounded up to `multiple`, never to max_seq_length.
+
+    Right padding matters: the fused ONNX graph turns attention_mask into per-row lengths.
+    """
+    width = -(-max(len(w) for w in windows) // multiple) * multiple
+    ids = np.full((len(windows), width), pad_id, dtype=np.int64)
+    types = np.zeros((len(windows), width), dtype=np.int64)
+    mask = np.zeros((len(windows), width), dtype=np.int64)
+    for i, w in enumerate(windows):
+        ids[i, : len(w)] = w.input_ids
+        types[i, : len(w)] = w.token_type_ids
+        mask[i, : len(w)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}

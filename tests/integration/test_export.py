@@ -11,9 +11,8 @@ import onnxruntime as ort
 import pytest
 
 from app.engine.bundle import BundleError, read_manifest, verify_bundle
-from app.engine.windows import encode_pairs, make_windows
+from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id
 from model_export.bundle import BundleTooLarge, write_bundle
-from model_export.data import pad_batch
 from model_export.export import export_all
 from model_export.train import load_tokenizer
 from model_export.validate import (
@@ -22,7 +21,6 @@ from model_export.validate import (
     ValidationFailed,
     check_structure,
     make_batches,
-    pad_token_id,
     validate_variant,
     validation_windows,
 )
