@@ -257,7 +257,7 @@ def test_compose_export_writes_where_api_reads() -> None:
     assert export["profiles"] == ["export"]
     assert export["build"]["target"] == "export"
     assert export["command"][:4] == ["python", "-m", "model_export", "build"]
-    out = export["command"][export["command"].index("--out") + 1]
+    out = export["command"][export["command"].index("--bundle-dir") + 1]
     writable = {v.split(":")[1]: v.split(":")[0] for v in export["volumes"] if not v.endswith(":ro")}
     read_only = {v.split(":")[1]: v.split(":")[0] for v in api["volumes"]}
     mount = "/" + out.strip("/").split("/")[0]
