@@ -1,0 +1,53 @@
+"""The shipped default bundle, as a user gets it: verifies, fits in git, serves, and answers KorQuAD test questions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.engine.bundle import verify_bundle
+from app.main import create_app
+from app.settings import DEFAULT_MODEL_DIR, Settings
+from model_export.data import load_squad
+from model_export.metrics import score
+from tests.support.tiny_model import KORQUAD_DEV
+
+MAX_BUNDLE_BYTES = 64 * 10**6
+
+
+def test_bundle_verifies_and_fits():
+    manifest = verify_bundle(DEFAULT_MODEL_DIR)
+    total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir() if p.is_file())
+    assert total <= MAX_BUNDLE_BYTES
+    shipped = {s.metric: s for s in manifest.scores if s.variant in manifest.variants}
+    korquad = shipped["korquad"]
+    assert korquad.split.startswith("test") and korquad.n == 1458
+    assert korquad.exact_match >= 55 and korquad.f1 >= 75  # the minimum the model must meet to ship
+    assert manifest.command.startswith("python -m model_export build")
+
+
+@pytest.mark.skipif(not KORQUAD_DEV.is_file(), reason="KorQuAD dev set not found")
+def test_default_model_answers_test_split_questions():
+    examples = load_squad(KORQUAD_DEV, "112:140")[::30]  # 49 questions spread over the test articles
+    with TestClient(create_app(Settings(intra_op_threads=2))) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.1)
+        items = [{"question": e.question, "context": e.context} for e in examples]
+        results = []
+        for i in range(0, len(items), 16):
+            r = client.post("/batch_answer", json={"items": items[i : i + 16]})
+            assert r.status_code == 200, r.text
+            results += r.json()["results"]
+    predictions = {
+        e.id: (r["answers"][0]["text"] if r["answers"] else "") for e, r in zip(examples, results, strict=True)
+    }
+    for e, r in zip(examples, results, strict=True):
+        for a in r["answers"]:
+            assert e.context[a["start"] : a["end"]] == a["text"]
+    got = score([(e.id, [t for t, _ in e.answers]) for e in examples], predictions, "korquad")
+    # a sample, not the full split: the manifest holds the full-split numbers; this guards the served path
+    assert got["f1"] >= 65, got
