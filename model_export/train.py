@@ -122,6 +122,8 @@ def train(cfg: TrainConfig) -> Path:
     steps_per_epoch = math.ceil(math.ceil(len(features) / cfg.batch_size) / cfg.grad_accum)
     total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
     sched = get_linear_schedule_with_warmup(optim, int(total * cfg.warmup_ratio), total)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     step, epoch, batch_in_epoch = 0, 0, 0
     ckpt = _latest_checkpoint(out)
@@ -130,6 +132,8 @@ def train(cfg: TrainConfig) -> Path:
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at step %d", ckpt, step)
@@ -142,6 +146,7 @@ def train(cfg: TrainConfig) -> Path:
                 "model": model.state_dict(),
                 "optim": optim.state_dict(),
                 "sched": sched.state_dict(),
+                "scaler": scaler.state_dict(),
                 "step": step,
                 "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch,
@@ -172,10 +177,12 @@ def train(cfg: TrainConfig) -> Path:
                 ends = torch.tensor([f.end_position for f in feats], device=device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     outputs = model(**inputs, start_positions=starts, end_positions=ends)
-                (outputs.loss / len(group)).backward()
-                losses.append(float(outputs.loss))
+                scaler.scale(outputs.loss / len(group)).backward()
+                losses.append(float(outputs.loss.detach()))
+            scaler.unscale_(optim)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optim.step()
+            scaler.step(optim)
+            scaler.update()
             sched.step()
             optim.zero_grad(set_to_none=True)
             batch_in_epoch += len(group)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,25 @@ def test_build_tiny_smoke_end_to_end(tmp_path: Path) -> None:
     # fp16 was built, validated and scored but not shipped
     assert m.validation["variants"]["fp16"]["structure"]["inputs"] == m.input_names  # type: ignore[index]
     assert {s["variant"] for s in m.model_extra["unshipped_scores"]} == {"fp16"}  # type: ignore[index]
+    assert m.model_extra["int8_method"] == "weight-only"  # type: ignore[index]
+
+    # the service loads what the build wrote, as it is, and answers from it
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    context = "서울은 대한민국의 수도이다. 부산은 항구 도시이다."
+    with TestClient(create_app(Settings(model_dir=bundle, intra_op_threads=1))) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = client.post("/answer", json={"question": "수도는?", "context": context, "top_k": 3})
+        assert r.status_code == 200, r.text
+        answers = r.json()["answers"]
+        assert answers and all(context[a["start"] : a["end"]] == a["text"] for a in answers)
+        assert client.get("/v1/models").json()["data"][0]["precision"] == "int8"
 
 
 def test_build_fails_when_bundle_exceeds_budget(tmp_path: Path) -> None:
