@@ -1,0 +1,58 @@
+"""Training resumes after an interruption and ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from model_export.train import TrainConfig, train
+from tests.support.tiny_model import KORQUAD_DEV
+
+
+def config(base: Path, out: Path) -> TrainConfig:
+    return TrainConfig(
+        base_model=str(base),
+        train_file=str(KORQUAD_DEV),
+        output_dir=str(out),
+        max_seq_length=128,
+        doc_stride=32,
+        max_query_length=32,
+        max_steps=4,
+        max_examples=24,
+        batch_size=4,
+        learning_rate=1e-3,
+        save_every=2,
+        keep_checkpoints=5,
+        threads=1,
+        precision="fp32",
+        freeze_word_embeddings=False,
+    )
+
+
+@pytest.mark.skipif(not KORQUAD_DEV.is_file(), reason="KorQuAD dev set not found")
+def test_resume_matches_uninterrupted_run(tiny_bundle: Path, tmp_path: Path):
+    base = tiny_bundle.parent / "hf"
+    straight = train(config(base, tmp_path / "straight"))
+    # an interrupted run: only the step-2 checkpoint survived
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(tmp_path / "straight", interrupted)
+    shutil.rmtree(interrupted / "final")
+    shutil.rmtree(interrupted / "checkpoint-4")
+    # resume from a perturbed base: only a run that really restores checkpoint-2 can match `straight`
+    other = tmp_path / "other-base"
+    shutil.copytree(base, other)
+    weights = load_file(str(other / "model.safetensors"))
+    weights = {k: v + 0.01 for k, v in weights.items()}
+    save_file(weights, str(other / "model.safetensors"), metadata={"format": "pt"})
+    resumed = train(config(other, interrupted))
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
+    first = load_file(str(base / "model.safetensors"))
+    assert not np.allclose(first["qa_outputs.weight"], a["qa_outputs.weight"])  # it did train
