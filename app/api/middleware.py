@@ -1,29 +1,31 @@
-"""ASGI middleware: request ids and the request body size limit (FastAPI and uvicorn have none)."""
+"""ASGI middleware: request ids, the request body limit (FastAPI and uvicorn have none), request metrics."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.schemas import ErrorBody, ErrorResponse
 from app.metrics import Metrics
 
 
 def _error(status: int, code: str, message: str, request_id: str) -> tuple[Message, Message]:
-    body = json.dumps({"error": {"code": code, "message": message, "fields": [], "request_id": request_id}}).encode()
+    # same body shape as every other error (app/api/errors.py), rendered before FastAPI sees the request
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, request_id=request_id or None)).model_dump_json()
+    body_bytes = body.encode()
     start: Message = {
         "type": "http.response.start",
         "status": status,
         "headers": [
             (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
+            (b"content-length", str(len(body_bytes)).encode()),
             (b"x-request-id", request_id.encode()),
             (b"connection", b"close"),
         ],
     }
-    return start, {"type": "http.response.body", "body": body}
+    return start, {"type": "http.response.body", "body": body_bytes}
 
 
 class RequestIdMiddleware:
