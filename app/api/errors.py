@@ -10,13 +10,22 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from app.api.schemas import ErrorBody, ErrorField, ErrorResponse
-from app.engine.errors import DeadlineExceeded, EngineError, InferenceFailed, InputTooLarge, NotReady, Overloaded
+from app.engine.errors import (
+    DeadlineExceeded,
+    EngineError,
+    InferenceFailed,
+    InputTooLarge,
+    InvalidInput,
+    NotReady,
+    Overloaded,
+)
 
 log = logging.getLogger(__name__)
 
 # kind -> (status, code). Client faults are 4xx; only a failed batch is a 5xx, and it fails alone.
 ERROR_TABLE: dict[type[Exception], tuple[int, str]] = {
     RequestValidationError: (422, "invalid_request"),
+    InvalidInput: (422, "invalid_input"),
     InputTooLarge: (422, "input_too_large"),
     Overloaded: (429, "overloaded"),
     InferenceFailed: (500, "inference_failed"),

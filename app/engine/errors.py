@@ -12,6 +12,10 @@ class EngineError(Exception):
         self.field = field
 
 
+class InvalidInput(EngineError):
+    """Valid JSON whose text the model cannot use (it tokenizes to nothing)."""
+
+
 class InputTooLarge(EngineError):
     """The input is valid JSON but needs more windows than a request may use."""
 

@@ -13,11 +13,11 @@ from tokenizers import Tokenizer
 
 from app.engine.batcher import Batcher, Logits
 from app.engine.bundle import BundleError, Manifest, choose_variant, verify_bundle
-from app.engine.errors import DeadlineExceeded, InputTooLarge, NotReady
+from app.engine.errors import DeadlineExceeded, InputTooLarge, InvalidInput, NotReady
 from app.engine.interface import Health, QARequest, QAResult
 from app.engine.runtime import CUDA, OrtRuntime, cuda_available
 from app.engine.spans import decode_spans
-from app.engine.windows import Window, encode_pairs, make_windows, pad_batch, pad_token_id
+from app.engine.windows import NoTokens, Window, make_windows, pad_batch, pad_token_id, split_encoding
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -156,8 +156,16 @@ class QAEngine:
     # --- pre / core / post ---
     def _windows(self, requests: list[QARequest]) -> list[list[Window]]:
         m = self.manifest
-        pairs = encode_pairs(self.tokenizer, [(r.question, r.context) for r in requests])
-        return [make_windows(p, m.max_seq_length, m.doc_stride, m.max_query_length) for p in pairs]
+        encodings = self.tokenizer.encode_batch([(r.question, r.context) for r in requests])
+        out = []
+        for i, enc in enumerate(encodings):
+            try:
+                pair = split_encoding(enc)
+            except NoTokens as e:
+                e.index = i
+                raise
+            out.append(make_windows(pair, m.max_seq_length, m.doc_stride, m.max_query_length))
+        return out
 
     def _infer(self, windows: list[Window]) -> list[Logits]:
         assert self.runtime is not None
@@ -168,13 +176,13 @@ class QAEngine:
         if not self._ready or self.batcher is None:
             raise NotReady(self._load_error or "model is still loading")
         t0 = time.perf_counter()
+        many = len(requests) > 1
         try:
             windows = await asyncio.to_thread(self._windows, requests)
-        except ValueError as e:
-            raise InputTooLarge(str(e), ("question",)) from e
+        except NoTokens as e:
+            raise InvalidInput(str(e), ("items", e.index, e.side) if many else (e.side,)) from e
         self.metrics.tokenize_seconds.observe(time.perf_counter() - t0)
         limit = self.settings.max_windows_per_request
-        many = len(requests) > 1
         for i, ws in enumerate(windows):
             if len(ws) > limit:
                 raise InputTooLarge(

@@ -18,6 +18,15 @@ class _Encoding(Protocol):
     sequence_ids: list[int | None]
 
 
+class NoTokens(ValueError):
+    """One side of the pair tokenizes to nothing (say, only control characters)."""
+
+    def __init__(self, side: str) -> None:
+        super().__init__(f"{side} produces no tokens (only characters the tokenizer drops?)")
+        self.side = side
+        self.index = 0  # which pair of a batch, set by the caller that knows
+
+
 class PairTokenizer(Protocol):
     """The slice of `tokenizers.Tokenizer` that windowing needs (a fake can stand in)."""
 
@@ -69,7 +78,7 @@ def split_encoding(encoding: _Encoding) -> PairEncoding:
     q_idx = [i for i, s in enumerate(seq) if s == QUESTION]
     c_idx = [i for i, s in enumerate(seq) if s == CONTEXT]
     if not q_idx or not c_idx:
-        raise ValueError("question and context must each produce at least one token")
+        raise NoTokens("question" if not q_idx else "context")
     q0, q1 = q_idx[0], q_idx[-1] + 1
     c0, c1 = c_idx[0], c_idx[-1] + 1
     if q1 - q0 != len(q_idx) or c1 - c0 != len(c_idx) or q1 > c0:

@@ -153,3 +153,14 @@ def test_tampered_bundle_is_refused(marker_bundle, tmp_path):
 def test_batch_budget_smaller_than_a_window_is_refused(marker_bundle):
     with pytest.raises(BundleError, match="QA_MAX_BATCH_TOKENS"):
         create_app(Settings(model_dir=marker_bundle, max_batch_tokens=100))
+
+
+def test_text_that_tokenizes_to_nothing_is_422(client):
+    r = client.post("/answer", json={"question": "q?", "context": "\x01\x02\x03"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["fields"][0]["field"] == "context"
+    r = client.post(
+        "/batch_answer", json={"items": [{"question": "q?", "context": MARKER}, {"question": "\x7f", "context": "x"}]}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["fields"][0]["field"] == "items.1.question"

@@ -80,6 +80,11 @@ def test_answer_labels_point_at_the_answer(tokenizer, context, data):
     i = data.draw(st.integers(0, len(offs) - 1))
     j = data.draw(st.integers(i, min(len(offs) - 1, i + 5)))
     a_start, a_end = int(offs[i, 0]), int(offs[j, 1])
+    # gold answers never start or end in whitespace (and tokenizers give odd offsets to lone tabs)
+    while a_start < a_end and context[a_start].isspace():
+        a_start += 1
+    while a_end > a_start and context[a_end - 1].isspace():
+        a_end -= 1
     if a_start >= a_end:
         return
     found = False
@@ -125,5 +130,5 @@ def test_split_encoding_templates(wordpiece, unigram):
 
 
 def test_empty_side_is_refused(wordpiece):
-    with pytest.raises(ValueError, match="at least one token"):
+    with pytest.raises(ValueError, match="context produces no tokens"):
         split_encoding(wordpiece.encode("질문", ""))
