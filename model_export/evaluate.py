@@ -6,7 +6,6 @@ import argparse
 import inspect
 import json
 import logging
-import os
 import sys
 import time
 import urllib.error
@@ -21,6 +20,7 @@ import numpy as np
 from app.engine.bundle import BundleError, Score, choose_variant, read_manifest, verify_bundle
 from app.engine.spans import decode_spans
 from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows, pad_batch, pad_token_id
+from app.settings import cpu_quota
 from model_export.data import Example, load_examples
 from model_export.metrics import METRICS, score
 
@@ -225,11 +225,6 @@ def _load_tokenizer(path: Path) -> Any:
     return Tokenizer.from_file(str(path))
 
 
-def default_threads() -> int:
-    # the CPUs this process may use (container cpusets included), not the host's core count
-    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else max(1, os.cpu_count() or 1)
-
-
 def checkpoint_windows(model_dir: Path, overrides: dict[str, int | None]) -> WindowSettings:
     """Window settings: explicit arguments, else the checkpoint's training.json, else the defaults."""
     values = asdict(WindowSettings())
@@ -300,7 +295,7 @@ def open_predictor(
     if model.startswith(("http://", "https://")):
         return ServicePredictor(model, batch_size), "service"
     path = Path(model)
-    n_threads = threads or default_threads()
+    n_threads = threads or cpu_quota()
     if (path / "manifest.json").is_file():
         return open_bundle(path, variant, batch_size, n_threads)
     if (path / "config.json").is_file():

@@ -65,11 +65,15 @@ class BodyLimitMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         rid = headers.get(b"x-request-id", b"").decode("latin-1")
-        message = f"request body exceeds {self.max_bytes} bytes (QA_MAX_BODY_BYTES)"
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+
+        async def reject() -> None:
+            message = f"request body exceeds {self.max_bytes} bytes (QA_MAX_BODY_BYTES)"
             for m in _error(413, "body_too_large", message, rid):
                 await send(m)
+
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await reject()
             return
 
         # Buffer the body (it is small by construction) so the limit is enforced before the app runs;
@@ -83,8 +87,7 @@ class BodyLimitMiddleware:
             chunk = msg.get("body", b"")
             seen += len(chunk)
             if seen > self.max_bytes:
-                for m in _error(413, "body_too_large", message, rid):
-                    await send(m)
+                await reject()
                 return
             chunks.append(chunk)
             if not msg.get("more_body", False):

@@ -14,6 +14,7 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 
 from app.engine.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from app.engine.windows import padded_width
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,6 @@ class Sized(Protocol):
 
 W = TypeVar("W", bound=Sized)
 Logits = tuple[np.ndarray, np.ndarray]
-InferFn = Callable[[Sequence[Sized]], list[Logits]]
-
-
-def padded_width(length: int, multiple: int) -> int:
-    return -(-length // multiple) * multiple
 
 
 @dataclass(eq=False)
@@ -80,7 +76,6 @@ class Batcher(Generic[W]):
         self._task: asyncio.Task[None] | None = None
         # one inference thread: ORT parallelizes inside a run; two concurrent runs would fight for cores
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
-        self.batches_run = 0
 
     # --- lifecycle ---
     def start(self) -> None:
@@ -104,10 +99,6 @@ class Batcher(Generic[W]):
     @property
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     # --- producer side ---
     def submit(self, windows: Sequence[W], timeout_s: float) -> asyncio.Future[list[Logits]]:
@@ -200,7 +191,6 @@ class Batcher(Generic[W]):
                     job.future.set_exception(InferenceFailed(f"inference failed: {type(e).__name__}"))
             return
         self.metrics.inference_seconds.observe(time.perf_counter() - t0)
-        self.batches_run += 1
         for (job, i), out in zip(live, outputs, strict=True):
             if job.future.done():
                 continue

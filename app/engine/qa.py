@@ -12,12 +12,12 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from app.engine.batcher import Batcher, Logits
-from app.engine.bundle import BundleError, Manifest, choose_variant, verify_bundle
+from app.engine.bundle import BundleError, Manifest, choose_variant, read_manifest, verify_bundle
 from app.engine.errors import DeadlineExceeded, InputTooLarge, InvalidInput, NotReady
 from app.engine.interface import Health, QARequest, QAResult
-from app.engine.runtime import CUDA, OrtRuntime, cuda_available
+from app.engine.runtime import OrtRuntime, cuda_available
 from app.engine.spans import decode_spans
-from app.engine.windows import NoTokens, Window, make_windows, pad_batch, pad_token_id, split_encoding
+from app.engine.windows import NoTokens, Window, encode_pairs, make_windows, pad_batch, pad_token_id
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -37,7 +37,7 @@ class QAEngine:
         self.bundle_dir = Path(settings.model_dir)
         on_cuda = settings.providers == "cuda" or (settings.providers == "auto" and cuda_available())
         # Fail fast, before the port opens: a bundle that does not match its manifest is never served.
-        manifest = verify_bundle(self.bundle_dir, needed=[])
+        manifest = read_manifest(self.bundle_dir)
         self.variant = choose_variant(manifest, settings.model_variant, on_cuda)
         self.model_file = manifest.variants[self.variant]
         self.manifest: Manifest = verify_bundle(self.bundle_dir, needed=[self.model_file, manifest.tokenizer])
@@ -64,12 +64,6 @@ class QAEngine:
     async def start(self) -> None:
         """Begin loading in the background so /livez and /readyz answer while the session warms up."""
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="model-load")
-
-    async def wait_ready(self) -> None:
-        if self._load_task is not None:
-            await self._load_task
-        if self._load_error:
-            raise NotReady(self._load_error)
 
     async def _load(self) -> None:
         s = self.settings
@@ -156,16 +150,8 @@ class QAEngine:
     # --- pre / core / post ---
     def _windows(self, requests: list[QARequest]) -> list[list[Window]]:
         m = self.manifest
-        encodings = self.tokenizer.encode_batch([(r.question, r.context) for r in requests])
-        out = []
-        for i, enc in enumerate(encodings):
-            try:
-                pair = split_encoding(enc)
-            except NoTokens as e:
-                e.index = i
-                raise
-            out.append(make_windows(pair, m.max_seq_length, m.doc_stride, m.max_query_length))
-        return out
+        pairs = encode_pairs(self.tokenizer, [(r.question, r.context) for r in requests])
+        return [make_windows(p, m.max_seq_length, m.doc_stride, m.max_query_length) for p in pairs]
 
     def _infer(self, windows: list[Window]) -> list[Logits]:
         assert self.runtime is not None
@@ -176,11 +162,15 @@ class QAEngine:
         if not self._ready or self.batcher is None:
             raise NotReady(self._load_error or "model is still loading")
         t0 = time.perf_counter()
-        many = len(requests) > 1
+
+        def where(i: int, name: str) -> tuple[str | int, ...]:
+            # a batch names the item at fault; a single request just the field
+            return ("items", i, name) if len(requests) > 1 else (name,)
+
         try:
             windows = await asyncio.to_thread(self._windows, requests)
         except NoTokens as e:
-            raise InvalidInput(str(e), ("items", e.index, e.side) if many else (e.side,)) from e
+            raise InvalidInput(str(e), where(e.index, e.side)) from e
         self.metrics.tokenize_seconds.observe(time.perf_counter() - t0)
         limit = self.settings.max_windows_per_request
         for i, ws in enumerate(windows):
@@ -188,7 +178,7 @@ class QAEngine:
                 raise InputTooLarge(
                     f"context needs {len(ws)} windows of {self.manifest.max_seq_length} tokens; "
                     f"the limit is {limit} (QA_MAX_WINDOWS_PER_REQUEST)",
-                    ("items", i, "context") if many else ("context",),
+                    where(i, "context"),
                 )
         # all inputs are valid: only now does any of them reach the model
         futures = [self.batcher.submit(ws, self.settings.request_timeout_s) for ws in windows]
@@ -230,11 +220,3 @@ class QAEngine:
             results.append(QAResult(decoded.answers, decoded.no_answer_score, len(ws)))
         self.metrics.decode_seconds.observe(time.perf_counter() - t1)
         return results
-
-    @property
-    def provider(self) -> str | None:
-        return self.runtime.provider if self.runtime else None
-
-    @property
-    def on_cuda(self) -> bool:
-        return self.provider == CUDA

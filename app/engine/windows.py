@@ -24,7 +24,7 @@ class NoTokens(ValueError):
     def __init__(self, side: str) -> None:
         super().__init__(f"{side} produces no tokens (only characters the tokenizer drops?)")
         self.side = side
-        self.index = 0  # which pair of a batch, set by the caller that knows
+        self.index = 0  # which pair of the batch; set by encode_pairs
 
 
 class PairTokenizer(Protocol):
@@ -108,7 +108,14 @@ def encode_pairs(tokenizer: PairTokenizer, pairs: Sequence[tuple[str, str]]) -> 
     (overflowing truncation inside the tokenizer grows much faster) and gives training and serving the
     same windows.
     """
-    return [split_encoding(e) for e in tokenizer.encode_batch(list(pairs), add_special_tokens=True)]
+    out = []
+    for i, enc in enumerate(tokenizer.encode_batch(list(pairs), add_special_tokens=True)):
+        try:
+            out.append(split_encoding(enc))
+        except NoTokens as e:
+            e.index = i
+            raise
+    return out
 
 
 def window_capacity(n_special: int, question_tokens: int, max_seq_length: int) -> int:
@@ -174,12 +181,17 @@ def pad_token_id(tokenizer: object) -> int:
     return 0
 
 
+def padded_width(length: int, multiple: int) -> int:
+    """`length` rounded up to a multiple of `multiple`: the width a batch is padded to."""
+    return -(-length // multiple) * multiple
+
+
 def pad_batch(windows: Sequence[Window], pad_id: int, multiple: int = 1) -> dict[str, np.ndarray]:
     """Right-pad to the longest window of the batch rounded up to `multiple`, never to max_seq_length.
 
     Right padding matters: the fused ONNX graph turns attention_mask into per-row lengths.
     """
-    width = -(-max(len(w) for w in windows) // multiple) * multiple
+    width = padded_width(max(len(w) for w in windows), multiple)
     ids = np.full((len(windows), width), pad_id, dtype=np.int64)
     types = np.zeros((len(windows), width), dtype=np.int64)
     mask = np.zeros((len(windows), width), dtype=np.int64)
