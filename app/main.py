@@ -7,14 +7,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import __version__
 from app.api import errors
+from app.api.auth import KeyRing
 from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from app.api.routes import build_router
+from app.api.routes import build_router, install_docs
 from app.engine.interface import Engine
 from app.metrics import Metrics
 from app.settings import Settings
 
-ROUTES = frozenset({"/answer", "/batch_answer", "/livez", "/readyz", "/v1/models", "/metrics"})
+ROUTES = frozenset({"/answer", "/batch_answer", "/livez", "/readyz", "/v1/models", "/metrics", "/docs"})
 
 
 def default_engine(settings: Settings, metrics: Metrics) -> Engine:
@@ -43,15 +45,22 @@ def create_app(
 
     app = FastAPI(
         title="Extractive QA",
-        version="0.1.0",
+        version=__version__,
         description="Top-k answer spans (character offsets) of a context for a question. Korean first, English too.",
         lifespan=lifespan,
+        # the stock pages load their scripts from a CDN; /docs is served from local assets instead
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs else None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.engine = engine
+    app.state.keys = KeyRing(settings)
     errors.install(app)
     app.include_router(build_router(settings))
+    if settings.docs:
+        install_docs(app)
     # outermost first: ids on everything, metrics on everything, then the body limit before parsing
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=ROUTES)

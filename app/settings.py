@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The bundle committed with the repository; the service serves it when QA_MODEL_DIR is unset.
@@ -53,7 +53,18 @@ class Settings(BaseSettings):
     # --- server ---
     host: str = Field("0.0.0.0", description="Bind address.")  # noqa: S104 - a container service
     port: int = Field(8000, ge=1, le=65535, description="Bind port.")
-    graceful_timeout_s: float = Field(20.0, gt=0, description="Seconds uvicorn lets in-flight requests finish.")
+    graceful_timeout_s: float = Field(
+        35.0,
+        gt=0,
+        description="Drain window after SIGTERM: in-flight requests get this long to finish, the rest a JSON 503. "
+        "Longer than the request deadline, so by default nothing in flight is lost.",
+    )
+    proxy_headers: bool = Field(
+        True, description="Take the client address from X-Forwarded-For, but only from forwarded_allow_ips."
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="Comma-separated proxy addresses (or *) whose forwarded headers are trusted."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the app and uvicorn."
     )
@@ -64,6 +75,17 @@ class Settings(BaseSettings):
         8192, ge=1, description="Padded tokens (windows x longest window) per call; bounds memory."
     )
     max_delay_ms: float = Field(5.0, ge=0, description="How long the batcher waits for more windows.")
+    max_batch_ms: float = Field(
+        250.0,
+        gt=0,
+        description="A batch stops growing once its estimated run time would pass this; it bounds how long a new "
+        "request waits for the engine (on a GPU the window budget binds first).",
+    )
+    stall_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="With work waiting and no batch finished for this long, /readyz and /livez report a stall.",
+    )
     max_queue_windows: int = Field(2048, ge=1, description="Windows waiting at most; beyond it requests get 429.")
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline per request; later ones get 504.")
 
@@ -77,10 +99,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; more is a 413.")
     top_n: int = Field(20, ge=1, description="Start and end candidates per window considered by decoding.")
 
+    # --- access ---
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token required on the QA endpoints; unset = open. Probes stay open."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of bearer tokens, one per line (# comments); adds to api_key. Rotate by editing it."
+    )
+    metrics_auth: bool = Field(False, description="Require the bearer token on /metrics too.")
+    docs: bool = Field(True, description="Serve /docs and /redoc, with Swagger UI and ReDoc assets shipped locally.")
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.max_batch_tokens < 64:
             raise ValueError("max_batch_tokens must hold at least one window (>= 64 tokens)")
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            raise ValueError(f"api_keys_file {self.api_keys_file} is not a readable file")
         if self.max_queue_windows < self.max_windows_per_request:
             raise ValueError("max_queue_windows must be >= max_windows_per_request, or a valid request never fits")
         return self
@@ -88,3 +122,11 @@ class Settings(BaseSettings):
     @property
     def threads(self) -> int:
         return self.intra_op_threads or cpu_quota()
+
+    def api_keys(self) -> list[str]:
+        """Every accepted bearer token; empty means authentication is off."""
+        keys = [self.api_key.get_secret_value()] if self.api_key else []
+        if self.api_keys_file is not None:
+            lines = (raw.strip() for raw in self.api_keys_file.read_text(encoding="utf-8").splitlines())
+            keys.extend(line for line in lines if line and not line.startswith("#"))
+        return [k for k in keys if k]

@@ -5,17 +5,19 @@
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.auth import require_key
 from app.api.schemas import AnswerResponse, BatchAnswerResponse, ErrorResponse, answer_response, request_models
 from app.engine.interface import Engine, QARequest
 from app.metrics import Metrics
 from app.settings import Settings
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 413, 422, 429, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 500, 503, 504)
 }
 
 
@@ -51,14 +53,16 @@ def _to_request(body: Any) -> QARequest:
 def build_router(settings: Settings) -> APIRouter:
     AnswerRequest, BatchAnswerRequest = request_models(settings)
     router = APIRouter()
+    # the QA API needs the bearer token when one is configured; probes never do
+    qa = APIRouter(dependencies=[Depends(require_key)])
 
-    @router.post("/answer", response_model=AnswerResponse, responses=ERRORS, tags=["qa"])
+    @qa.post("/answer", response_model=AnswerResponse, responses=ERRORS, tags=["qa"])
     async def answer(body: AnswerRequest, request: Request, engine: EngineDep) -> AnswerResponse:  # type: ignore[valid-type]
         """Top-k answer spans of `context` for `question`, as character offsets."""
         [result] = await _answer_all(request, engine, [_to_request(body)])
         return answer_response(result, engine.model_name)
 
-    @router.post("/batch_answer", response_model=BatchAnswerResponse, responses=ERRORS, tags=["qa"])
+    @qa.post("/batch_answer", response_model=BatchAnswerResponse, responses=ERRORS, tags=["qa"])
     async def batch_answer(body: BatchAnswerRequest, request: Request, engine: EngineDep) -> BatchAnswerResponse:  # type: ignore[valid-type]
         """Several answer requests; results come back in the same order. Any invalid item fails the whole body."""
         results = await _answer_all(request, engine, [_to_request(i) for i in body.items])  # type: ignore[attr-defined]
@@ -78,14 +82,35 @@ def build_router(settings: Settings) -> APIRouter:
             {"status": "ready" if h.ready else "not_ready", "detail": h.detail}, 200 if h.ready else 503
         )
 
-    @router.get("/v1/models", tags=["model"])
+    @qa.get("/v1/models", tags=["model"])
     async def models(engine: EngineDep) -> dict[str, Any]:
         """Metadata of the served bundle: name, languages, window sizes, precision, provider, scores."""
         return {"object": "list", "data": [engine.model_info()]}
 
-    @router.get("/metrics", tags=["health"], include_in_schema=False)
     async def metrics(request: Request) -> Response:
         m: Metrics = request.app.state.metrics
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
+    (qa if settings.metrics_auth else router).add_api_route(
+        "/metrics", metrics, methods=["GET"], tags=["health"], include_in_schema=False
+    )
+    router.include_router(qa)
     return router
+
+
+def install_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's assets served from the swagger-ui-bundle package: no CDN, works offline."""
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="swagger-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from app.settings import Settings
 
@@ -30,6 +30,18 @@ class AnswerRequestBase(BaseModel):
     top_k: int = 1
     max_answer_length: int = 30
     allow_no_answer: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data: Any) -> Any:
+        # JSON Schema's "integer" admits 12.0, so the OpenAPI contract does too; "12" and true stay errors.
+        # (A field-level BeforeValidator would drop the minimum/maximum from the published schema.)
+        if isinstance(data, dict):
+            for name in ("top_k", "max_answer_length"):
+                value = data.get(name)
+                if isinstance(value, float) and value.is_integer():
+                    data = {**data, name: int(value)}
+        return data
 
     @field_validator("question", "context")
     @classmethod

@@ -1,11 +1,11 @@
-"""Cross-request dynamic batching of windows: token budget, delay, length sort, deadlines, failure isolation."""
+"""Cross-request scheduling of windows: fair share, deadlines, admission control, failure isolation."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,7 +13,7 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
-from app.engine.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from app.engine.errors import DeadlineExceeded, InferenceFailed, InputTooLarge, Overloaded, ShuttingDown
 from app.engine.windows import padded_width
 from app.metrics import Metrics
 
@@ -28,29 +28,59 @@ W = TypeVar("W", bound=Sized)
 Logits = tuple[np.ndarray, np.ndarray]
 
 
+class CostModel:
+    """Seconds per padded token, as a moving average of measured batches.
+
+    Attention makes the true cost grow faster than linearly with width, but windows are capped at
+    max_seq_length, so a per-token rate is within a small factor and errs on the short side.
+    """
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self.per_token: float | None = None  # unknown until the first batch (warmup measures one)
+
+    def observe(self, seconds: float, tokens: int) -> None:
+        if tokens <= 0 or seconds <= 0:
+            return
+        rate = seconds / tokens
+        self.per_token = rate if self.per_token is None else (1 - self.alpha) * self.per_token + self.alpha * rate
+
+    def seconds(self, tokens: float) -> float:
+        return 0.0 if self.per_token is None else self.per_token * tokens
+
+
 @dataclass(eq=False)
 class _Job(Generic[W]):
     windows: Sequence[W]
+    widths: list[int]  # padded width of each window
     deadline: float
     future: asyncio.Future[list[Logits]]
     enqueued: float
     results: list[Logits | None] = field(default_factory=list)
-    remaining: int = 0
+    next: int = 0  # first window not yet scheduled
+    remaining: int = 0  # windows without a result yet
 
-    def dead(self, now: float) -> str | None:
-        if self.future.done():
-            return "cancelled"  # client gone, or an earlier batch of this job failed
-        if now > self.deadline:
-            return "deadline"
-        return None
+    @property
+    def tokens_left(self) -> int:
+        return sum(self.widths[self.next :])
+
+    @property
+    def unscheduled(self) -> bool:
+        return self.next < len(self.windows)
 
 
 class Batcher(Generic[W]):
     """One asyncio task owns the queue; callers only append and await a future, so no lock is needed.
 
-    Each round drains what is waiting, sorts it by length so windows of similar length share a batch
-    (little padding), and cuts batches under the window and padded-token budgets. Everything drained
-    in a round is served in that round, so sorting never starves a request.
+    Scheduling, one batch at a time so that new arrivals join the very next batch:
+    - earliest deadline first, one window per request per pass, so a request with 200 windows
+      cannot hold back one with a single window (no head-of-line blocking);
+    - a batch stops growing at the window budget, the padded-token budget, or when its estimated
+      run time would pass `max_batch_s`, which bounds how long a newcomer waits for a free engine;
+    - a request whose remaining windows cannot finish before its deadline, even alone, is failed
+      at once instead of computed for nobody;
+    - admission refuses (429) what the queue ahead of it leaves no time for, and refuses (422) what
+      could never fit the queue or the deadline at all.
     """
 
     def __init__(
@@ -61,6 +91,7 @@ class Batcher(Generic[W]):
         max_tokens: int,
         max_delay_s: float,
         max_queue: int,
+        max_batch_s: float = math.inf,
         pad_multiple: int = 1,
         metrics: Metrics | None = None,
     ) -> None:
@@ -69,11 +100,17 @@ class Batcher(Generic[W]):
         self.max_tokens = max_tokens
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
+        self.max_batch_s = max_batch_s
         self.pad_multiple = pad_multiple
         self.metrics = metrics or Metrics()
-        self._queue: deque[tuple[_Job[W], int]] = deque()
+        self.cost = CostModel()
+        self._jobs: list[_Job[W]] = []  # jobs with windows not yet scheduled
+        self._queued = 0  # unscheduled windows over all jobs
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._busy_since: float | None = None
+        self._progress = time.monotonic()  # last time a batch finished, or the queue went from empty to busy
+        self.closed: str | None = None  # set when draining: new work is refused with this reason
         # one inference thread: ORT parallelizes inside a run; two concurrent runs would fight for cores
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
 
@@ -83,6 +120,7 @@ class Batcher(Generic[W]):
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
     async def stop(self) -> None:
+        self.close("server is shutting down")
         if self._task is not None:
             self._task.cancel()
             try:
@@ -90,94 +128,183 @@ class Batcher(Generic[W]):
             except asyncio.CancelledError:
                 pass
             self._task = None
-        for job, _ in self._queue:
-            if not job.future.done():
-                job.future.set_exception(InferenceFailed("server is shutting down"))
-        self._queue.clear()
+        self.fail_all(ShuttingDown("server is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self, reason: str) -> None:
+        """Refuse new work from now on; what is queued carries on."""
+        self.closed = reason
+
+    def fail_all(self, error: Exception) -> int:
+        """Resolve every waiting request with `error`; returns how many there were."""
+        failed = 0
+        for job in self._jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
+                failed += 1
+        self._jobs.clear()
+        self._queued = 0
+        self.metrics.queue_depth.set(0)
+        return failed
 
     @property
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    def stalled_for(self, now: float | None = None) -> float:
+        """Seconds the engine has made no progress although work is waiting or running (0 when fine)."""
+        now = time.monotonic() if now is None else now
+        if self._busy_since is not None:
+            return now - self._busy_since
+        if self._queued:
+            return now - self._progress
+        return 0.0
+
+    @property
+    def queued_windows(self) -> int:
+        return self._queued
+
     # --- producer side ---
     def submit(self, windows: Sequence[W], timeout_s: float) -> asyncio.Future[list[Logits]]:
-        """Queue one request's windows; the future resolves to their logits, in order."""
-        if len(self._queue) + len(windows) > self.max_queue:
-            raise Overloaded(f"queue holds {len(self._queue)} windows; limit {self.max_queue}")
+        """Queue one request's windows; the future resolves to their logits, in order.
+
+        Raises at once, queueing nothing, when the request is refused.
+        """
+        if self.closed is not None:
+            raise ShuttingDown(self.closed)
+        n = len(windows)
+        if n > self.max_queue:
+            raise InputTooLarge(
+                f"the request needs {n} windows; the queue holds at most {self.max_queue} (QA_MAX_QUEUE_WINDOWS)"
+            )
+        widths = [padded_width(len(w), self.pad_multiple) for w in windows]
+        alone = self.cost.seconds(sum(widths))
+        if alone > timeout_s:
+            raise InputTooLarge(
+                f"the request needs about {alone:.1f}s of model time at the measured rate, more than the "
+                f"{timeout_s:g}s deadline (QA_REQUEST_TIMEOUT_S); send fewer or shorter contexts"
+            )
+        if self._queued + n > self.max_queue:
+            raise Overloaded(
+                f"queue holds {self._queued} windows; limit {self.max_queue}", retry_after=self._drain_estimate()
+            )
+        expected = self._finish_estimate(sum(widths))
+        if expected > timeout_s:
+            raise Overloaded(
+                f"the work queued ahead would take about {expected:.1f}s; the deadline is {timeout_s:g}s",
+                retry_after=self._drain_estimate(),
+            )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        job: _Job[W] = _Job(windows, now + timeout_s, loop.create_future(), now, [None] * len(windows), len(windows))
+        job: _Job[W] = _Job(windows, widths, now + timeout_s, loop.create_future(), now, [None] * n, 0, n)
         if not windows:
             job.future.set_result([])
             return job.future
-        self._queue.extend((job, i) for i in range(len(windows)))
-        self.metrics.queue_depth.set(len(self._queue))
+        if not self._queued:
+            self._progress = now
+        self._jobs.append(job)
+        self._queued += n
+        self.metrics.queue_depth.set(self._queued)
         self._wake.set()
         return job.future
 
+    def _finish_estimate(self, tokens: int) -> float:
+        # Under fair sharing a request finishes after its own tokens plus, from each waiting job,
+        # at most as many tokens as it has itself.
+        shared = sum(min(job.tokens_left, tokens) for job in self._jobs)
+        return self.cost.seconds(shared + tokens)
+
+    def _drain_estimate(self) -> float:
+        return self.cost.seconds(sum(job.tokens_left for job in self._jobs))
+
     # --- consumer side ---
-    def _plan(self, items: list[tuple[_Job[W], int]]) -> list[list[tuple[_Job[W], int]]]:
-        items.sort(key=lambda it: len(it[0].windows[it[1]]), reverse=True)
-        batches: list[list[tuple[_Job[W], int]]] = []
-        current: list[tuple[_Job[W], int]] = []
+    def _prune(self, now: float) -> None:
+        """Drop jobs whose client is gone, and fail those that can no longer meet their deadline."""
+        keep: list[_Job[W]] = []
+        for job in self._jobs:
+            reason = None
+            if job.future.done():
+                reason = "cancelled"  # client gone, timed out, or an earlier batch of this job failed
+            elif now > job.deadline:
+                reason = "deadline"
+                job.future.set_exception(DeadlineExceeded("the request's deadline passed while it was queued"))
+            elif now + self.cost.seconds(job.tokens_left) > job.deadline:
+                reason = "hopeless"  # computing any of it would only delay others
+                job.future.set_exception(
+                    DeadlineExceeded("the request's remaining windows cannot finish before its deadline")
+                )
+            if reason is None:
+                keep.append(job)
+            else:
+                left = len(job.windows) - job.next
+                self._queued -= left
+                self.metrics.skipped_windows.labels(reason).inc(left)
+        self._jobs = keep
+        self.metrics.queue_depth.set(self._queued)
+
+    def _next_batch(self) -> list[tuple[_Job[W], int]]:
+        """Earliest deadline first, one window per job per pass, under the window/token/time budgets."""
+        self._jobs.sort(key=lambda j: j.deadline)
+        batch: list[tuple[_Job[W], int]] = []
         width = 0
-        for it in items:
-            w = padded_width(len(it[0].windows[it[1]]), self.pad_multiple)
-            new_width = max(width, w)
-            if current and (len(current) + 1 > self.max_windows or new_width * (len(current) + 1) > self.max_tokens):
-                batches.append(current)
-                current, new_width = [], w
-            current.append(it)
-            width = new_width
-        if current:
-            batches.append(current)
-        return batches
+        full = False
+        while not full:
+            added = False
+            for job in self._jobs:
+                if not job.unscheduled:
+                    continue
+                new_width = max(width, job.widths[job.next])
+                size = len(batch) + 1
+                if batch and (
+                    size > self.max_windows
+                    or new_width * size > self.max_tokens
+                    or self.cost.seconds(new_width * size) > self.max_batch_s
+                ):
+                    full = True
+                    break
+                batch.append((job, job.next))
+                job.next += 1
+                width = new_width
+                added = True
+            if not added:
+                break
+        self._jobs = [j for j in self._jobs if j.unscheduled]
+        self._queued -= len(batch)
+        self.metrics.queue_depth.set(self._queued)
+        return batch
 
     async def _loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self._queue:
+            if not self._jobs:
                 continue
             # give concurrent requests a moment to join, unless a full batch is already waiting
-            if self.max_delay_s > 0 and len(self._queue) < self.max_windows:
+            if self.max_delay_s > 0 and self._queued < self.max_windows:
                 await asyncio.sleep(self.max_delay_s)
-            items = list(self._queue)
-            self._queue.clear()
-            self.metrics.queue_depth.set(0)
             try:
-                for batch in self._plan(items):
+                self._prune(time.monotonic())
+                batch = self._next_batch()
+                if batch:
                     await self._run(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # bookkeeping bug: fail what was drained, keep serving
+            except Exception:  # bookkeeping bug: fail what is waiting, keep serving
                 log.exception("batcher round failed")
-                for job, _ in items:
-                    if not job.future.done():
-                        job.future.set_exception(InferenceFailed("internal batching error"))
-            if self._queue:
+                self.fail_all(InferenceFailed("internal batching error"))
+            if self._jobs:
                 self._wake.set()
 
     async def _run(self, batch: list[tuple[_Job[W], int]]) -> None:
         now = time.monotonic()
-        live: list[tuple[_Job[W], int]] = []
+        windows = [job.windows[i] for job, i in batch]
         for job, i in batch:
-            reason = job.dead(now)
-            if reason is None:
-                live.append((job, i))
-                continue
-            self.metrics.skipped_windows.labels(reason).inc()
-            if reason == "deadline" and not job.future.done():
-                job.future.set_exception(DeadlineExceeded("request deadline passed while queued"))
-        if not live:
-            return
-        windows = [job.windows[i] for job, i in live]
-        for job, _ in live:
-            self.metrics.queue_seconds.observe(now - job.enqueued)
+            if i == 0:
+                self.metrics.queue_seconds.observe(now - job.enqueued)
         width = padded_width(max(len(w) for w in windows), self.pad_multiple)
         self.metrics.batch_windows.observe(len(windows))
         self.metrics.batch_tokens.observe(width * len(windows))
+        self._busy_since = now
         t0 = time.perf_counter()
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, windows)
@@ -186,12 +313,17 @@ class Batcher(Generic[W]):
         except Exception as e:  # only this batch's requests fail
             log.exception("batch of %d windows failed", len(windows))
             self.metrics.batch_failures.labels(type(e).__name__).inc()
-            for job, _ in live:
+            for job, _ in batch:
                 if not job.future.done():
                     job.future.set_exception(InferenceFailed(f"inference failed: {type(e).__name__}"))
             return
-        self.metrics.inference_seconds.observe(time.perf_counter() - t0)
-        for (job, i), out in zip(live, outputs, strict=True):
+        finally:
+            self._busy_since = None
+            self._progress = time.monotonic()
+        elapsed = time.perf_counter() - t0
+        self.cost.observe(elapsed, width * len(windows))
+        self.metrics.inference_seconds.observe(elapsed)
+        for (job, i), out in zip(batch, outputs, strict=True):
             if job.future.done():
                 continue
             job.results[i] = out

@@ -21,11 +21,23 @@ class InputTooLarge(EngineError):
 
 
 class Overloaded(EngineError):
-    """The queue is full; the client should back off and retry."""
+    """The queue cannot take this request in time; the client should back off and retry."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class DeadlineExceeded(EngineError):
     """The request waited past its deadline."""
+
+
+class ShuttingDown(EngineError):
+    """The server is draining: it takes no new work, and what the drain window could not finish ends here."""
+
+
+class ClientDisconnected(EngineError):
+    """The client went away before its answer was ready; its remaining windows were dropped."""
 
 
 class InferenceFailed(EngineError):
@@ -33,4 +45,4 @@ class InferenceFailed(EngineError):
 
 
 class NotReady(EngineError):
-    """The model is not loaded (or failed to load)."""
+    """The model is not loaded (or failed to load), or inference has stalled."""

@@ -46,6 +46,10 @@ class Engine(Protocol):
 
     async def stop(self) -> None: ...
 
+    def begin_drain(self) -> None:
+        """Shutdown has begun: turn unready, refuse new work, bound how long in-flight work may take."""
+        ...
+
     async def answer(self, requests: list[QARequest], cancelled: Any = None) -> list[QAResult]:
         """Answer all requests or raise an EngineError; every request is validated before any runs.
 

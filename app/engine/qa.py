@@ -13,7 +13,14 @@ from tokenizers import Tokenizer
 
 from app.engine.batcher import Batcher, Logits
 from app.engine.bundle import BundleError, Manifest, choose_variant, read_manifest, verify_bundle
-from app.engine.errors import DeadlineExceeded, InputTooLarge, InvalidInput, NotReady
+from app.engine.errors import (
+    ClientDisconnected,
+    DeadlineExceeded,
+    InputTooLarge,
+    InvalidInput,
+    NotReady,
+    ShuttingDown,
+)
 from app.engine.interface import Health, QARequest, QAResult
 from app.engine.runtime import OrtRuntime, cuda_available
 from app.engine.spans import decode_spans
@@ -26,6 +33,9 @@ log = logging.getLogger(__name__)
 # Pad batches to a multiple of this many tokens: few distinct shapes keep ORT's memory and kernel
 # caches bounded while wasting at most 31 tokens of padding per window.
 PAD_MULTIPLE = 32
+# Requests still waiting this long before uvicorn's graceful timeout get a JSON 503, before uvicorn would
+# cancel them into plain-text 500s.
+DRAIN_MARGIN_S = 1.0
 
 
 class QAEngine:
@@ -55,6 +65,7 @@ class QAEngine:
         self._ready = False
         self._load_error: str | None = None
         self._load_task: asyncio.Task[None] | None = None
+        self._draining = False
 
     # --- lifecycle ---
     @property
@@ -85,6 +96,7 @@ class QAEngine:
                 max_tokens=s.max_batch_tokens,
                 max_delay_s=s.max_delay_ms / 1000,
                 max_queue=s.max_queue_windows,
+                max_batch_s=s.max_batch_ms / 1000,
                 pad_multiple=PAD_MULTIPLE,
                 metrics=self.metrics,
             )
@@ -109,11 +121,15 @@ class QAEngine:
         assert self.runtime is not None
         L = self.manifest.max_seq_length
         n = max(1, min(self.settings.max_batch_windows, self.settings.max_batch_tokens // L))
-        for rows, width in ((1, PAD_MULTIPLE), (n, L)):
+        for rows, width in ((1, PAD_MULTIPLE), (n, L), (1, L)):
             ids = np.full((rows, width), self.pad_id, dtype=np.int64)
+            t0 = time.perf_counter()
             self.runtime.run(
                 {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
             )
+            if width == L:  # admission control needs a cost estimate before the first request
+                assert self.batcher is not None
+                self.batcher.cost.observe(time.perf_counter() - t0, rows * width)
 
     async def stop(self) -> None:
         if self._load_task is not None and not self._load_task.done():
@@ -121,13 +137,38 @@ class QAEngine:
         if self.batcher is not None:
             await self.batcher.stop()
 
+    def begin_drain(self) -> None:
+        """SIGTERM: refuse new work and fail readiness now; fail what is still waiting when the drain window ends."""
+        self._draining = True
+        if self.batcher is not None:
+            self.batcher.close("server is shutting down")
+            window = max(0.0, self.settings.graceful_timeout_s - DRAIN_MARGIN_S)
+            asyncio.get_running_loop().call_later(window, self._end_drain)
+        log.info("draining: up to %.0fs for in-flight requests", self.settings.graceful_timeout_s)
+
+    def _end_drain(self) -> None:
+        assert self.batcher is not None
+        failed = self.batcher.fail_all(ShuttingDown("server shut down before this request could finish"))
+        if failed:
+            log.warning("drain window over: %d requests get 503", failed)
+
     def health(self) -> Health:
         batcher_alive = self.batcher.alive if self.batcher is not None else True
-        alive = batcher_alive and self._load_error is None
-        detail = self._load_error or ("" if batcher_alive else "batcher stopped")
-        if not detail and not self._ready:
+        stalled = self.batcher.stalled_for() if self.batcher is not None else 0.0
+        alive = batcher_alive and self._load_error is None and stalled <= self.settings.stall_timeout_s
+        if self._load_error:
+            detail = self._load_error
+        elif not batcher_alive:
+            detail = "batcher stopped"
+        elif not alive:
+            detail = f"inference stalled: no progress for {stalled:.0f}s with work waiting"
+        elif self._draining:
+            detail = "draining for shutdown"
+        elif not self._ready:
             detail = "loading model"
-        return Health(alive=alive, ready=alive and self._ready, detail=detail)
+        else:
+            detail = ""
+        return Health(alive=alive, ready=alive and self._ready and not self._draining, detail=detail)
 
     def model_info(self) -> dict[str, Any]:
         m = self.manifest
@@ -180,29 +221,34 @@ class QAEngine:
                     f"the limit is {limit} (QA_MAX_WINDOWS_PER_REQUEST)",
                     where(i, "context"),
                 )
-        # all inputs are valid: only now does any of them reach the model
-        futures = [self.batcher.submit(ws, self.settings.request_timeout_s) for ws in windows]
-        gathered = asyncio.gather(*futures)
-        waiters: list[asyncio.Future[Any]] = [gathered]
-        watcher = asyncio.ensure_future(cancelled.wait()) if cancelled is not None else None
-        if watcher is not None:
-            waiters.append(watcher)
+        # all inputs are valid: only now does any of them reach the model, and all of them or none
+        flat = [w for ws in windows for w in ws]
+        budget = self.settings.request_timeout_s - (time.perf_counter() - t0)
         try:
-            await asyncio.wait(waiters, timeout=self.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            job = self.batcher.submit(flat, budget)
+        except InputTooLarge as e:
+            e.field = ("items",) if len(requests) > 1 else ("context",)
+            raise
+        gone = asyncio.ensure_future(cancelled.wait()) if cancelled is not None else None
+        try:
+            await asyncio.wait(
+                [job, gone] if gone is not None else [job],
+                timeout=budget,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
-            if watcher is not None:
-                watcher.cancel()
-        if not gathered.done() or gathered.exception() is not None:
-            # client gone, deadline passed, or a batch failed: drop this request's other windows
-            for f in futures:
-                f.cancel()
-            if gathered.done():
-                raise gathered.exception()  # type: ignore[misc]
-            gathered.cancel()
-            if watcher is not None and cancelled is not None and cancelled.is_set():
-                raise asyncio.CancelledError
+            if gone is not None:
+                gone.cancel()
+        if not job.done():
+            job.cancel()  # the batcher drops this request's windows that have not run yet
+            if cancelled is not None and cancelled.is_set():
+                raise ClientDisconnected("client closed the connection before the answer was ready")
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s}s (QA_REQUEST_TIMEOUT_S)")
-        logits = gathered.result()
+        flat_logits = job.result()  # raises the batch's error, if any
+        logits, at = [], 0
+        for ws in windows:
+            logits.append(flat_logits[at : at + len(ws)])
+            at += len(ws)
         t1 = time.perf_counter()
         results = []
         for req, ws, outs in zip(requests, windows, logits, strict=True):

@@ -47,6 +47,9 @@ class FakeEngine:
     async def stop(self) -> None:
         self.started = False
 
+    def begin_drain(self) -> None:
+        self.ready = False
+
     async def answer(self, requests: list[QARequest], cancelled: Any = None) -> list[QAResult]:
         for i, r in enumerate(requests):
             if len(r.context.split()) > self.max_context_words:
