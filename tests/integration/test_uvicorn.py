@@ -44,21 +44,25 @@ def start(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def wait_ready(proc: subprocess.Popen[bytes], base: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        try:
+            if call(base + "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "server never became ready"
+        time.sleep(0.1)
+
+
 def test_real_server_answers_and_shuts_down_gracefully(marker_bundle):
     port = free_port()
     proc = start({"QA_MODEL_DIR": str(marker_bundle), "QA_PORT": str(port)})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                if call(base + "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.1)
+        wait_ready(proc, base)
         assert call(base + "/livez") == (200, {"status": "alive", "detail": ""})
         context = "긴 문장. " * 80 + f"정답은 {MARKER}이다."
         status, body = call(base + "/answer", {"question": "정답은?", "context": context})
@@ -72,8 +76,8 @@ def test_real_server_answers_and_shuts_down_gracefully(marker_bundle):
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=30)[0].decode()
-    # uvicorn finishes in-flight work, then re-raises the signal so the exit status says SIGTERM
-    assert proc.returncode in (0, -signal.SIGTERM), out
+    # a drained shutdown is a clean exit
+    assert proc.returncode == 0, out
     assert "Application shutdown complete" in out
     assert "CPUExecutionProvider" in out  # the provider is in the start-up log
 
