@@ -164,3 +164,34 @@ def test_text_that_tokenizes_to_nothing_is_422(client):
     )
     assert r.status_code == 422, r.text
     assert r.json()["error"]["fields"][0]["field"] == "items.1.question"
+
+
+def test_stalled_inference_turns_readiness_and_liveness_off(marker_bundle: Path):
+    import threading
+
+    settings = Settings(model_dir=marker_bundle, intra_op_threads=1, stall_timeout_s=0.3, max_delay_ms=0)
+    app = create_app(settings)
+    with TestClient(app) as c:
+        wait_ready(c)
+        engine = app.state.engine
+        real_infer, gate = engine.batcher._infer, threading.Event()
+
+        def hung(windows):
+            gate.wait(20)
+            return real_infer(windows)
+
+        engine.batcher._infer = hung
+        worker = threading.Thread(
+            target=c.post, args=("/answer",), kwargs={"json": {"question": "q", "context": MARKER}}
+        )
+        worker.start()
+        deadline = time.monotonic() + 10
+        while c.get("/readyz").status_code == 200:
+            assert time.monotonic() < deadline, "stall never reported"
+            time.sleep(0.05)
+        live = c.get("/livez")
+        assert live.status_code == 503 and "stalled" in live.json()["detail"]
+        assert "stalled" in c.get("/readyz").json()["detail"]
+        gate.set()
+        worker.join(20)
+        assert c.get("/readyz").status_code == 200 and c.get("/livez").status_code == 200
