@@ -107,7 +107,7 @@ class Settings(BaseSettings):
         None, description="File of bearer tokens, one per line (# comments); adds to api_key. Rotate by editing it."
     )
     metrics_auth: bool = Field(False, description="Require the bearer token on /metrics too.")
-    docs: bool = Field(True, description="Serve /docs and /redoc, with Swagger UI and ReDoc assets shipped locally.")
+    docs: bool = Field(True, description="Serve /docs (Swagger UI from local assets, no CDN) and /openapi.json.")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

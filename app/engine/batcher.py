@@ -182,7 +182,7 @@ class Batcher(Generic[W]):
         if alone > timeout_s:
             raise InputTooLarge(
                 f"the request needs about {alone:.1f}s of model time at the measured rate, more than the "
-                f"{timeout_s:g}s deadline (QA_REQUEST_TIMEOUT_S); send fewer or shorter contexts"
+                f"{timeout_s:.1f}s left before its deadline (QA_REQUEST_TIMEOUT_S); send fewer or shorter contexts"
             )
         if self._queued + n > self.max_queue:
             raise Overloaded(
@@ -191,7 +191,7 @@ class Batcher(Generic[W]):
         expected = self._finish_estimate(sum(widths))
         if expected > timeout_s:
             raise Overloaded(
-                f"the work queued ahead would take about {expected:.1f}s; the deadline is {timeout_s:g}s",
+                f"the work queued ahead would take about {expected:.1f}s; the deadline is {timeout_s:.1f}s away",
                 retry_after=self._drain_estimate(),
             )
         loop = asyncio.get_running_loop()
