@@ -315,3 +315,21 @@ def test_qa_env_names_are_settings_fields() -> None:
         if name.removeprefix("QA_").lower() not in Settings.model_fields
     }
     assert not unknown, f"QA_* names that no Settings field reads: {sorted(unknown)}"
+
+
+def test_api_key_secret_and_network_policy() -> None:
+    (dep,) = deployments(load_yaml_docs(K8S_BASE / "deployment.yaml"))
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    [key] = [e for e in container["env"] if e["name"] == "QA_API_KEY"]
+    ref = key["valueFrom"]["secretKeyRef"]
+    (secret,) = load_yaml_docs(K8S / "secret.example.yaml")
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == ref["name"]
+    assert ref["key"] in secret["stringData"]
+    assert ref["optional"] is True  # without the Secret the service starts, open
+    kustomization = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
+    assert "networkpolicy.yaml" in kustomization["resources"]
+    assert "secret.example.yaml" not in str(kustomization)  # a real key never lives in the repository
+    (policy,) = load_yaml_docs(K8S_BASE / "networkpolicy.yaml")
+    ports = {p["name"] for p in container["ports"]}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert all(p["port"] in ports for rule in policy["spec"]["ingress"] for p in rule["ports"])
