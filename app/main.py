@@ -14,7 +14,7 @@ from app.engine.interface import Engine
 from app.metrics import Metrics
 from app.settings import Settings
 
-ROUTES = frozenset({"/answer", "/batch_answer", "/livez", "/readyz", "/v1/models", "/metrics"})
+ROUTES = frozenset({"/answer", "/batch_answer", "/read", "/livez", "/readyz", "/v1/models", "/metrics", "/"})
 
 
 def default_engine(settings: Settings, metrics: Metrics) -> Engine:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,9 @@ from tokenizers import Tokenizer
 from app.engine.batcher import Batcher, Logits
 from app.engine.bundle import BundleError, Manifest, choose_variant, read_manifest, verify_bundle
 from app.engine.errors import DeadlineExceeded, InputTooLarge, InvalidInput, NotReady
-from app.engine.interface import Health, QARequest, QAResult
+from app.engine.interface import Health, QARequest, QAResult, ReadRequest
 from app.engine.runtime import OrtRuntime, cuda_available
-from app.engine.spans import decode_spans
+from app.engine.spans import PassageLogits, decode_passages
 from app.engine.windows import NoTokens, Window, encode_pairs, make_windows, pad_batch, pad_token_id
 from app.metrics import Metrics
 from app.settings import Settings
@@ -148,10 +150,10 @@ class QAEngine:
         }
 
     # --- pre / core / post ---
-    def _windows(self, requests: list[QARequest]) -> list[list[Window]]:
+    def _windows(self, pairs: list[tuple[str, str]]) -> list[list[Window]]:
         m = self.manifest
-        pairs = encode_pairs(self.tokenizer, [(r.question, r.context) for r in requests])
-        return [make_windows(p, m.max_seq_length, m.doc_stride, m.max_query_length) for p in pairs]
+        encoded = encode_pairs(self.tokenizer, pairs)
+        return [make_windows(p, m.max_seq_length, m.doc_stride, m.max_query_length) for p in encoded]
 
     def _infer(self, windows: list[Window]) -> list[Logits]:
         assert self.runtime is not None
@@ -159,29 +161,82 @@ class QAEngine:
         return [(start[i, : len(w)], end[i, : len(w)]) for i, w in enumerate(windows)]
 
     async def answer(self, requests: list[QARequest], cancelled: asyncio.Event | None = None) -> list[QAResult]:
-        if not self._ready or self.batcher is None:
-            raise NotReady(self._load_error or "model is still loading")
-        t0 = time.perf_counter()
-
         def where(i: int, name: str) -> tuple[str | int, ...]:
             # a batch names the item at fault; a single request just the field
             return ("items", i, name) if len(requests) > 1 else (name,)
 
+        jobs = [
+            _Question(
+                r.question,
+                (r.context,),
+                r.top_k,
+                r.max_answer_length,
+                r.allow_no_answer,
+                where(i, "question"),
+                (where(i, "context"),),
+                where(i, "context"),
+                "context",
+            )
+            for i, r in enumerate(requests)
+        ]
+        return await self._run(jobs, cancelled)
+
+    async def read(self, request: ReadRequest, cancelled: asyncio.Event | None = None) -> QAResult:
+        job = _Question(
+            request.question,
+            request.passages,
+            request.top_k,
+            request.max_answer_length,
+            request.allow_no_answer,
+            ("question",),
+            tuple(("passages", p) for p in range(len(request.passages))),
+            ("passages",),
+            "passage",
+        )
+        [result] = await self._run([job], cancelled)
+        return result
+
+    async def _run(self, jobs: list[_Question], cancelled: asyncio.Event | None) -> list[QAResult]:
+        """Validate every job, then run all their windows through the batcher (one submit per job), then decode."""
+        if not self._ready or self.batcher is None:
+            raise NotReady(self._load_error or "model is still loading")
+        t0 = time.perf_counter()
+        pairs = [(j.question, c) for j in jobs for c in j.passages]
+        owner = [(j, p) for j in jobs for p in range(len(j.passages))]
         try:
-            windows = await asyncio.to_thread(self._windows, requests)
+            flat = await asyncio.to_thread(self._windows, pairs)
         except NoTokens as e:
-            raise InvalidInput(str(e), where(e.index, e.side)) from e
+            job, p = owner[e.index]
+            raise InvalidInput(str(e), job.question_field if e.side == "question" else job.passage_fields[p]) from e
         self.metrics.tokenize_seconds.observe(time.perf_counter() - t0)
         limit = self.settings.max_windows_per_request
-        for i, ws in enumerate(windows):
+        for (job, p), ws in zip(owner, flat, strict=True):
             if len(ws) > limit:
                 raise InputTooLarge(
-                    f"context needs {len(ws)} windows of {self.manifest.max_seq_length} tokens; "
+                    f"{job.noun} needs {len(ws)} windows of {self.manifest.max_seq_length} tokens; "
                     f"the limit is {limit} (QA_MAX_WINDOWS_PER_REQUEST)",
-                    where(i, "context"),
+                    job.passage_fields[p],
                 )
-        # all inputs are valid: only now does any of them reach the model
-        futures = [self.batcher.submit(ws, self.settings.request_timeout_s) for ws in windows]
+        per_job: list[list[list[Window]]] = []
+        pos = 0
+        for job in jobs:
+            per_job.append(flat[pos : pos + len(job.passages)])
+            pos += len(job.passages)
+        for job, passages in zip(jobs, per_job, strict=True):
+            total = sum(len(ws) for ws in passages)
+            if total > self.settings.max_queue_windows:
+                # it could never be queued: a 429 would invite a retry that can never succeed
+                raise InputTooLarge(
+                    f"passages need {total} windows together; at most {self.settings.max_queue_windows} "
+                    "can be queued (QA_MAX_QUEUE_WINDOWS)",
+                    job.group_field,
+                )
+        # all inputs are valid: only now does any of them reach the model. One submit per job, so all
+        # windows of all passages of a question queue (and batch) together and resolve as one future.
+        futures = [
+            self.batcher.submit([w for ws in passages for w in ws], self.settings.request_timeout_s)
+            for passages in per_job
+        ]
         gathered = asyncio.gather(*futures)
         waiters: list[asyncio.Future[Any]] = [gathered]
         watcher = asyncio.ensure_future(cancelled.wait()) if cancelled is not None else None
@@ -205,18 +260,36 @@ class QAEngine:
         logits = gathered.result()
         t1 = time.perf_counter()
         results = []
-        for req, ws, outs in zip(requests, windows, logits, strict=True):
-            decoded = decode_spans(
-                req.context,
-                ws,
-                [o[0] for o in outs],
-                [o[1] for o in outs],
-                top_k=req.top_k,
-                max_answer_length=req.max_answer_length,
-                top_n=max(self.settings.top_n, req.top_k),
-                allow_no_answer=req.allow_no_answer,
+        for job, passages, outs in zip(jobs, per_job, logits, strict=True):
+            decoded_input = []
+            pos = 0
+            for context, ws in zip(job.passages, passages, strict=True):
+                mine = outs[pos : pos + len(ws)]
+                pos += len(ws)
+                decoded_input.append(PassageLogits(context, ws, [o[0] for o in mine], [o[1] for o in mine]))
+            decoded = decode_passages(
+                decoded_input,
+                top_k=job.top_k,
+                max_answer_length=job.max_answer_length,
+                top_n=max(self.settings.top_n, job.top_k),
+                allow_no_answer=job.allow_no_answer,
                 trim_suffixes=self.manifest.trim_suffixes,
             )
-            results.append(QAResult(decoded.answers, decoded.no_answer_score, len(ws)))
+            results.append(QAResult(decoded.answers, decoded.no_answer_score, sum(len(ws) for ws in passages)))
         self.metrics.decode_seconds.observe(time.perf_counter() - t1)
         return results
+
+
+@dataclass(frozen=True)
+class _Question:
+    """One question over one or more passages, with the request fields to name when one of them is bad."""
+
+    question: str
+    passages: Sequence[str]
+    top_k: int
+    max_answer_length: int
+    allow_no_answer: bool
+    question_field: tuple[str | int, ...]
+    passage_fields: tuple[tuple[str | int, ...], ...]
+    group_field: tuple[str | int, ...]  # the passages as a whole (their total size)
+    noun: str  # what the request calls one passage, for messages
