@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import errors
+from app.api import demo, errors
 from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from app.api.routes import build_router
 from app.engine.interface import Engine
@@ -52,6 +52,8 @@ def create_app(
     app.state.engine = engine
     errors.install(app)
     app.include_router(build_router(settings))
+    if settings.demo:
+        demo.install(app)
     # outermost first: ids on everything, metrics on everything, then the body limit before parsing
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=ROUTES)

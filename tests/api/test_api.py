@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 import pytest
@@ -275,3 +276,27 @@ def test_read_in_openapi_with_limits(client):
     assert "passage" in schemas["ReadAnswerOut"]["properties"]
     client.post("/read", json={"question": "find x", "passages": ["x"]})
     assert 'qa_requests_total{endpoint="/read",outcome="200"} 1.0' in client.get("/metrics").text
+
+
+def test_demo_page_is_served_offline(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    for asset, kind in (("app.js", "javascript"), ("app.css", "text/css")):
+        assert f"static/{asset}" in r.text
+        got = client.get(f"/static/{asset}")
+        assert got.status_code == 200 and kind in got.headers["content-type"]
+    from app.api.demo import STATIC_DIR
+
+    for f in STATIC_DIR.iterdir():
+        text = f.read_text(encoding="utf-8")
+        # nothing from another origin: no CDN, no web fonts, no remote images
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I), f.name
+        assert "@import" not in text and "innerHTML" not in text, f.name
+
+
+def test_demo_can_be_switched_off(engine):
+    with TestClient(create_app(SETTINGS.model_copy(update={"demo": False}), lambda s, m: engine)) as c:
+        assert c.get("/").status_code == 404
+        assert c.get("/static/app.js").status_code == 404
+        assert c.post("/answer", json=OK).status_code == 200
