@@ -35,8 +35,12 @@ function renumber() {
 
 function addPassage(text = "") {
   const id = `passage-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
-  const area = el("textarea", { id, class: "passage", rows: "6", placeholder: "지문을 붙여 넣으세요 / Paste a passage" });
+  const area = el("textarea", { id, class: "passage", placeholder: "지문을 붙여 넣으세요 / Paste a passage" });
   area.value = text;
+  // grow with the text up to 10 rows; longer passages scroll
+  const fit = () => (area.rows = Math.min(10, Math.max(3, area.value.split("\n").length, Math.ceil(area.value.length / 70))));
+  area.addEventListener("input", fit);
+  fit();
   const remove = el("button", { type: "button", class: "link remove", title: "Remove this passage" }, "remove");
   const box = el("div", { class: "passage-input" }, el("div", { class: "passage-head" }, el("label", { for: id }), remove), area);
   remove.addEventListener("click", () => {
