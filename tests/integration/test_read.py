@@ -131,3 +131,21 @@ def test_read_limits_name_the_passage(client):
     assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "passages.2"
     r = client.post("/read", json={"question": "\x7f", "passages": [MARKER]})
     assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "question"
+
+
+def test_read_that_could_never_be_queued_is_422_naming_passages(marker_bundle):
+    settings = Settings(
+        model_dir=marker_bundle, intra_op_threads=1, max_windows_per_request=16, max_queue_windows=24, warmup=False
+    )
+    passage = FILLER * 20  # several windows of 128 tokens, under the per-passage limit
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        one = c.post("/answer", json={"question": "q?", "context": passage}).json()["windows"]
+        assert 1 < one <= 16
+        n = 24 // one + 1
+        r = c.post("/read", json={"question": "q?", "passages": [passage] * n})
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert (err["code"], err["fields"][0]["field"]) == ("input_too_large", "passages")
+        assert "QA_MAX_QUEUE_WINDOWS" in err["message"]
+        assert c.post("/read", json={"question": "q?", "passages": [passage] * (24 // one)}).status_code == 200
