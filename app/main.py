@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import errors
+from app.api import demo, errors
 from app.api.auth import KeyRing
 from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from app.api.routes import build_router, install_docs
@@ -16,7 +16,7 @@ from app.engine.interface import Engine
 from app.metrics import Metrics
 from app.settings import Settings
 
-ROUTES = frozenset({"/answer", "/batch_answer", "/livez", "/readyz", "/v1/models", "/metrics", "/docs"})
+ROUTES = frozenset({"/answer", "/batch_answer", "/read", "/livez", "/readyz", "/v1/models", "/metrics", "/docs", "/"})
 
 
 def default_engine(settings: Settings, metrics: Metrics) -> Engine:
@@ -61,6 +61,8 @@ def create_app(
     app.include_router(build_router(settings))
     if settings.docs:
         install_docs(app)
+    if settings.demo:
+        demo.install(app)
     # outermost first: ids on everything, metrics on everything, then the body limit before parsing
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=ROUTES)

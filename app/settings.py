@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the app and uvicorn."
     )
+    demo: bool = Field(True, description="Serve the demo page at / (static files, no CDN); off = / is a 404.")
 
     # --- batching ---
     max_batch_windows: int = Field(32, ge=1, description="Windows per ONNX Runtime call.")
@@ -94,6 +95,10 @@ class Settings(BaseSettings):
     max_context_chars: int = Field(30000, ge=1, description="Longest context, in characters.")
     max_windows_per_request: int = Field(64, ge=1, description="Windows one context may need; more is a 422.")
     max_batch_items: int = Field(32, ge=1, description="Items in one /batch_answer body.")
+    max_passages: int = Field(50, ge=1, description="Passages in one /read body (a retriever's top 5-50).")
+    max_total_chars: int = Field(
+        100_000, ge=1, description="Characters of all passages of one /read body together; bounds its windows."
+    )
     max_top_k: int = Field(20, ge=1, description="Largest top_k a request may ask for.")
     max_answer_length_limit: int = Field(256, ge=1, description="Largest max_answer_length (tokens) allowed.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; more is a 413.")

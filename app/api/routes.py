@@ -3,7 +3,8 @@
 # no `from __future__ import annotations`: FastAPI must see the per-settings body classes, not strings
 
 import asyncio
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -11,14 +12,25 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.auth import require_key
-from app.api.schemas import AnswerResponse, BatchAnswerResponse, ErrorResponse, answer_response, request_models
-from app.engine.interface import Engine, QARequest
+from app.api.schemas import (
+    AnswerResponse,
+    BatchAnswerResponse,
+    ErrorResponse,
+    ReadResponse,
+    answer_response,
+    read_response,
+    request_models,
+)
+from app.engine.interface import Engine, QARequest, ReadRequest
 from app.metrics import Metrics
 from app.settings import Settings
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 500, 503, 504)
 }
+
+
+T = TypeVar("T")
 
 
 def get_engine(request: Request) -> Engine:
@@ -37,13 +49,17 @@ async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
             return
 
 
-async def _answer_all(request: Request, engine: Engine, items: list[QARequest]) -> list[Any]:
+async def _until_gone(request: Request, call: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     gone = asyncio.Event()
     watcher = asyncio.create_task(_watch_disconnect(request, gone))
     try:
-        return await engine.answer(items, gone)
+        return await call(gone)
     finally:
         watcher.cancel()
+
+
+async def _answer_all(request: Request, engine: Engine, items: list[QARequest]) -> list[Any]:
+    return await _until_gone(request, lambda gone: engine.answer(items, gone))
 
 
 def _to_request(body: Any) -> QARequest:
@@ -51,7 +67,7 @@ def _to_request(body: Any) -> QARequest:
 
 
 def build_router(settings: Settings) -> APIRouter:
-    AnswerRequest, BatchAnswerRequest = request_models(settings)
+    AnswerRequest, BatchAnswerRequest, ReadRequestBody = request_models(settings)
     router = APIRouter()
     # the QA API needs the bearer token when one is configured; probes never do
     qa = APIRouter(dependencies=[Depends(require_key)])
@@ -67,6 +83,20 @@ def build_router(settings: Settings) -> APIRouter:
         """Several answer requests; results come back in the same order. Any invalid item fails the whole body."""
         results = await _answer_all(request, engine, [_to_request(i) for i in body.items])  # type: ignore[attr-defined]
         return BatchAnswerResponse(results=[answer_response(r, engine.model_name) for r in results])
+
+    @qa.post("/read", response_model=ReadResponse, responses=ERRORS, tags=["qa"])
+    async def read(body: ReadRequestBody, request: Request, engine: EngineDep) -> ReadResponse:  # type: ignore[valid-type]
+        """One question over many passages (a retriever's hits): the best spans across all of them, each with the
+        index of its passage, ranked on one scale; all windows of all passages batch together."""
+        item = ReadRequest(
+            body.question,  # type: ignore[attr-defined]
+            tuple(body.passages),  # type: ignore[attr-defined]
+            body.top_k,  # type: ignore[attr-defined]
+            body.max_answer_length,  # type: ignore[attr-defined]
+            body.allow_no_answer,  # type: ignore[attr-defined]
+        )
+        result = await _until_gone(request, lambda gone: engine.read(item, gone))
+        return read_response(result, engine.model_name)
 
     @router.get("/livez", tags=["health"])
     async def livez(engine: EngineDep) -> JSONResponse:

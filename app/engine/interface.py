@@ -18,10 +18,21 @@ class QARequest:
 
 
 @dataclass(frozen=True)
+class ReadRequest:
+    """One question over several passages (a retriever's hits), answered on one score scale."""
+
+    question: str
+    passages: tuple[str, ...]
+    top_k: int = 1
+    max_answer_length: int = 30
+    allow_no_answer: bool = False
+
+
+@dataclass(frozen=True)
 class QAResult:
     answers: list[Answer]
     no_answer_score: float | None
-    windows: int
+    windows: int  # model windows over all passages
 
 
 @dataclass
@@ -55,4 +66,9 @@ class Engine(Protocol):
 
         `cancelled` is an optional asyncio.Event set when the client goes away.
         """
+        ...
+
+    async def read(self, request: ReadRequest, cancelled: Any = None) -> QAResult:
+        """Answer one question over all its passages at once: every window of every passage batches together,
+        and answers from all passages are ranked on one scale, each with its `passage` index."""
         ...

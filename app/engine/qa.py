@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,9 @@ from app.engine.errors import (
     NotReady,
     ShuttingDown,
 )
-from app.engine.interface import Health, QARequest, QAResult
+from app.engine.interface import Health, QARequest, QAResult, ReadRequest
 from app.engine.runtime import OrtRuntime, cuda_available
-from app.engine.spans import decode_spans
+from app.engine.spans import PassageLogits, decode_passages
 from app.engine.windows import NoTokens, Window, encode_pairs, make_windows, pad_batch, pad_token_id
 from app.metrics import Metrics
 from app.settings import Settings
@@ -194,10 +196,10 @@ class QAEngine:
         }
 
     # --- pre / core / post ---
-    def _windows(self, requests: list[QARequest]) -> list[list[Window]]:
+    def _windows(self, pairs: list[tuple[str, str]]) -> list[list[Window]]:
         m = self.manifest
-        pairs = encode_pairs(self.tokenizer, [(r.question, r.context) for r in requests])
-        return [make_windows(p, m.max_seq_length, m.doc_stride, m.max_query_length) for p in pairs]
+        encoded = encode_pairs(self.tokenizer, pairs)
+        return [make_windows(p, m.max_seq_length, m.doc_stride, m.max_query_length) for p in encoded]
 
     def _infer(self, windows: list[Window]) -> list[Logits]:
         assert self.runtime is not None
@@ -205,69 +207,135 @@ class QAEngine:
         return [(start[i, : len(w)], end[i, : len(w)]) for i, w in enumerate(windows)]
 
     async def answer(self, requests: list[QARequest], cancelled: asyncio.Event | None = None) -> list[QAResult]:
-        if not self._ready or self.batcher is None:
-            raise NotReady(self._load_error or "model is still loading")
-        t0 = time.perf_counter()
-
         def where(i: int, name: str) -> tuple[str | int, ...]:
             # a batch names the item at fault; a single request just the field
             return ("items", i, name) if len(requests) > 1 else (name,)
 
+        jobs = [
+            _Question(
+                r.question,
+                (r.context,),
+                r.top_k,
+                r.max_answer_length,
+                r.allow_no_answer,
+                where(i, "question"),
+                (where(i, "context"),),
+                where(i, "context"),
+                "context",
+            )
+            for i, r in enumerate(requests)
+        ]
+        return await self._run(jobs, cancelled)
+
+    async def read(self, request: ReadRequest, cancelled: asyncio.Event | None = None) -> QAResult:
+        job = _Question(
+            request.question,
+            request.passages,
+            request.top_k,
+            request.max_answer_length,
+            request.allow_no_answer,
+            ("question",),
+            tuple(("passages", p) for p in range(len(request.passages))),
+            ("passages",),
+            "passage",
+        )
+        [result] = await self._run([job], cancelled)
+        return result
+
+    async def _run(self, jobs: list[_Question], cancelled: asyncio.Event | None) -> list[QAResult]:
+        """Validate every job, then run all their windows through the batcher (one submit per job), then decode."""
+        if not self._ready or self.batcher is None:
+            raise NotReady(self._load_error or "model is still loading")
+        t0 = time.perf_counter()
+        pairs = [(j.question, c) for j in jobs for c in j.passages]
+        owner = [(j, p) for j in jobs for p in range(len(j.passages))]
         try:
-            windows = await asyncio.to_thread(self._windows, requests)
+            flat = await asyncio.to_thread(self._windows, pairs)
         except NoTokens as e:
-            raise InvalidInput(str(e), where(e.index, e.side)) from e
+            job, p = owner[e.index]
+            raise InvalidInput(str(e), job.question_field if e.side == "question" else job.passage_fields[p]) from e
         self.metrics.tokenize_seconds.observe(time.perf_counter() - t0)
         limit = self.settings.max_windows_per_request
-        for i, ws in enumerate(windows):
+        for (job, p), ws in zip(owner, flat, strict=True):
             if len(ws) > limit:
                 raise InputTooLarge(
-                    f"context needs {len(ws)} windows of {self.manifest.max_seq_length} tokens; "
+                    f"{job.noun} needs {len(ws)} windows of {self.manifest.max_seq_length} tokens; "
                     f"the limit is {limit} (QA_MAX_WINDOWS_PER_REQUEST)",
-                    where(i, "context"),
+                    job.passage_fields[p],
                 )
-        # all inputs are valid: only now does any of them reach the model, and all of them or none
-        flat = [w for ws in windows for w in ws]
+        per_job: list[list[list[Window]]] = []
+        pos = 0
+        for job in jobs:
+            per_job.append(flat[pos : pos + len(job.passages)])
+            pos += len(job.passages)
+        for job, passages in zip(jobs, per_job, strict=True):
+            total = sum(len(ws) for ws in passages)
+            if total > self.settings.max_queue_windows:
+                # it could never be queued: a 429 would invite a retry that can never succeed
+                raise InputTooLarge(
+                    f"passages need {total} windows together; at most {self.settings.max_queue_windows} "
+                    "can be queued (QA_MAX_QUEUE_WINDOWS)",
+                    job.group_field,
+                )
+        # All inputs are valid: only now does any of them reach the model, and all of them or none. One
+        # submit for the whole body, so it is admitted (or refused) as a whole and resolves as one future.
         budget = self.settings.request_timeout_s - (time.perf_counter() - t0)
         try:
-            job = self.batcher.submit(flat, budget)
+            future = self.batcher.submit([w for passages in per_job for ws in passages for w in ws], budget)
         except InputTooLarge as e:
-            e.field = ("items",) if len(requests) > 1 else ("context",)
+            e.field = ("items",) if len(jobs) > 1 else jobs[0].group_field
             raise
         gone = asyncio.ensure_future(cancelled.wait()) if cancelled is not None else None
         try:
             await asyncio.wait(
-                [job, gone] if gone is not None else [job],
-                timeout=budget,
-                return_when=asyncio.FIRST_COMPLETED,
+                [future, gone] if gone is not None else [future], timeout=budget, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             if gone is not None:
                 gone.cancel()
-        if not job.done():
-            job.cancel()  # the batcher drops this request's windows that have not run yet
+        if not future.done():
+            future.cancel()  # the batcher drops this request's windows that have not run yet
             if cancelled is not None and cancelled.is_set():
                 raise ClientDisconnected("client closed the connection before the answer was ready")
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s}s (QA_REQUEST_TIMEOUT_S)")
-        flat_logits = job.result()  # raises the batch's error, if any
+        flat_logits = future.result()  # raises the batch's error, if any
         logits, at = [], 0
-        for ws in windows:
-            logits.append(flat_logits[at : at + len(ws)])
-            at += len(ws)
+        for passages in per_job:
+            n = sum(len(ws) for ws in passages)
+            logits.append(flat_logits[at : at + n])
+            at += n
         t1 = time.perf_counter()
         results = []
-        for req, ws, outs in zip(requests, windows, logits, strict=True):
-            decoded = decode_spans(
-                req.context,
-                ws,
-                [o[0] for o in outs],
-                [o[1] for o in outs],
-                top_k=req.top_k,
-                max_answer_length=req.max_answer_length,
-                top_n=max(self.settings.top_n, req.top_k),
-                allow_no_answer=req.allow_no_answer,
+        for job, passages, outs in zip(jobs, per_job, logits, strict=True):
+            decoded_input = []
+            pos = 0
+            for context, ws in zip(job.passages, passages, strict=True):
+                mine = outs[pos : pos + len(ws)]
+                pos += len(ws)
+                decoded_input.append(PassageLogits(context, ws, [o[0] for o in mine], [o[1] for o in mine]))
+            decoded = decode_passages(
+                decoded_input,
+                top_k=job.top_k,
+                max_answer_length=job.max_answer_length,
+                top_n=max(self.settings.top_n, job.top_k),
+                allow_no_answer=job.allow_no_answer,
                 trim_suffixes=self.manifest.trim_suffixes,
             )
-            results.append(QAResult(decoded.answers, decoded.no_answer_score, len(ws)))
+            results.append(QAResult(decoded.answers, decoded.no_answer_score, sum(len(ws) for ws in passages)))
         self.metrics.decode_seconds.observe(time.perf_counter() - t1)
         return results
+
+
+@dataclass(frozen=True)
+class _Question:
+    """One question over one or more passages, with the request fields to name when one of them is bad."""
+
+    question: str
+    passages: Sequence[str]
+    top_k: int
+    max_answer_length: int
+    allow_no_answer: bool
+    question_field: tuple[str | int, ...]
+    passage_fields: tuple[tuple[str | int, ...], ...]
+    group_field: tuple[str | int, ...]  # the passages as a whole (their total size)
+    noun: str  # what the request calls one passage, for messages

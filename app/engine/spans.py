@@ -1,4 +1,4 @@
-"""Start/end logits of a request's windows -> ranked character spans (pure numpy; shared with evaluation)."""
+"""Start/end logits of the windows of one or more passages -> ranked character spans (pure numpy; shared)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,20 @@ from app.engine.windows import Window
 class Answer:
     text: str
     score: float  # softmax probability among the request's candidate spans (see README)
-    start: int  # character offsets into the context: text == context[start:end]
+    start: int  # character offsets into the passage: text == passages[passage][start:end]
     end: int
     logit: float  # start logit + end logit, the raw ranking key
+    passage: int = 0  # which passage of the request the offsets index into
+
+
+@dataclass(frozen=True)
+class PassageLogits:
+    """One passage and the logits of its windows, as the model returned them."""
+
+    context: str
+    windows: Sequence[Window]
+    start_logits: Sequence[np.ndarray]
+    end_logits: Sequence[np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -82,38 +93,62 @@ def decode_spans(
     allow_no_answer: bool = False,
     trim_suffixes: Sequence[str] = (),
 ) -> Decoded:
-    """Merge the windows of one request into the top-k distinct character spans.
+    """Merge the windows of one context into the top-k distinct character spans: one passage of `decode_passages`."""
+    return decode_passages(
+        [PassageLogits(context, windows, start_logits, end_logits)],
+        top_k=top_k,
+        max_answer_length=max_answer_length,
+        top_n=top_n,
+        allow_no_answer=allow_no_answer,
+        trim_suffixes=trim_suffixes,
+    )
 
-    Every window is scored with raw start+end logits, which share one scale across windows; a
-    per-window softmax would favour spans from short windows. `trim_suffixes` (longest first) are cut
-    from span ends: Korean particles ride inside the answer's last token ("시위를"), and the bundle
-    lists the ones that, on the training split, more often follow the answer than belong to it.
-    Identical character spans found in
-    overlapping windows keep their best logit. `score` is the softmax of the logit over all distinct
-    candidate spans of the request (plus the null answer when `allow_no_answer`).
+
+def decode_passages(
+    passages: Sequence[PassageLogits],
+    *,
+    top_k: int,
+    max_answer_length: int,
+    top_n: int = 20,
+    allow_no_answer: bool = False,
+    trim_suffixes: Sequence[str] = (),
+) -> Decoded:
+    """Merge all windows of all passages of one question into the top-k distinct (passage, span) answers.
+
+    Every window is scored with raw start+end logits, which share one scale across windows and
+    passages; a per-window softmax would favour spans from short windows. `trim_suffixes` (longest
+    first) are cut from span ends: Korean particles ride inside the answer's last token ("시위를"), and
+    the bundle lists the ones that, on the training split, more often follow the answer than belong
+    to it. Identical (passage, span) candidates found in overlapping windows keep their best logit.
+    `score` is the softmax of the logit over all distinct candidates of all passages (plus the null
+    answer when `allow_no_answer`, whose logit is the lowest [CLS] start+end over every window), so
+    one passage alone gives the same answers as a one-passage request.
     """
-    best: dict[tuple[int, int], float] = {}
+    best: dict[tuple[int, int, int], float] = {}
     null_logit = np.inf
-    for window, s_log, e_log in zip(windows, start_logits, end_logits, strict=True):
-        null_logit = min(null_logit, float(s_log[0] + e_log[0]))
-        s_tok, e_tok, logits = window_candidates(s_log, e_log, window, top_n, max_answer_length)
-        for s, e, logit in zip(s_tok, e_tok, logits, strict=True):
-            start, end = _trim(context, int(window.offsets[s, 0]), int(window.offsets[e, 1]))
-            if start >= end:
-                continue
-            for suffix in trim_suffixes:
-                if end - start > len(suffix) and context.endswith(suffix, start, end):
-                    end -= len(suffix)
-                    break
-            key = (start, end)
-            if logit > best.get(key, -np.inf):
-                best[key] = float(logit)
+    for p, passage in enumerate(passages):
+        context = passage.context
+        for window, s_log, e_log in zip(passage.windows, passage.start_logits, passage.end_logits, strict=True):
+            null_logit = min(null_logit, float(s_log[0] + e_log[0]))
+            s_tok, e_tok, logits = window_candidates(s_log, e_log, window, top_n, max_answer_length)
+            for s, e, logit in zip(s_tok, e_tok, logits, strict=True):
+                start, end = _trim(context, int(window.offsets[s, 0]), int(window.offsets[e, 1]))
+                if start >= end:
+                    continue
+                for suffix in trim_suffixes:
+                    if end - start > len(suffix) and context.endswith(suffix, start, end):
+                        end -= len(suffix)
+                        break
+                key = (p, start, end)
+                if logit > best.get(key, -np.inf):
+                    best[key] = float(logit)
 
     spans = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
     logits = np.array([v for _, v in spans] + ([null_logit] if allow_no_answer else []), dtype=np.float64)
     probs = _softmax(logits) if len(logits) else logits
     answers = [
-        Answer(context[s:e], float(p), s, e, logit) for ((s, e), logit), p in zip(spans[:top_k], probs, strict=False)
+        Answer(passages[p].context[s:e], float(prob), s, e, logit, p)
+        for ((p, s, e), logit), prob in zip(spans[:top_k], probs, strict=False)
     ]
     no_answer_score = None
     if allow_no_answer:

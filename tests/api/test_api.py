@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 import pytest
@@ -21,6 +22,8 @@ SETTINGS = Settings(
     max_top_k=5,
     max_answer_length_limit=64,
     max_body_bytes=4096,
+    max_passages=3,
+    max_total_chars=300,
 )
 OK = {"question": "where is seoul", "context": "it is in seoul"}
 
@@ -214,3 +217,86 @@ def test_models_metrics_docs(client):
 def test_unknown_path_is_404_json(client):
     r = client.get("/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "http_404"
+
+
+def test_read_ranks_answers_across_passages(client, engine):
+    passages = ["not here", "then seoul", "seoul first"]
+    r = client.post("/read", json={"question": "find seoul", "passages": passages, "top_k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [(a["passage"], a["start"], a["end"], a["text"]) for a in body["answers"]] == [
+        (2, 0, 5, "seoul"),
+        (1, 5, 10, "seoul"),
+    ]
+    assert body["no_answer_score"] is None and body["model"] == "fake"
+    [call] = engine.calls
+    assert call.passages == tuple(passages) and call.top_k == 5
+
+
+@pytest.mark.parametrize(
+    ("patch", "field", "reason"),
+    [
+        ({"passages": []}, "passages", "at least 1"),
+        ({"passages": ["a", "b", "c", "d"]}, "passages", "at most 3"),
+        ({"passages": ["ok", ""]}, "passages.1", "at least 1"),
+        ({"passages": ["ok", "ok", " \n "]}, "passages.2", "whitespace"),
+        ({"passages": ["c" * 201]}, "passages.0", "at most 200"),
+        ({"passages": ["c" * 150, "c" * 151]}, "passages", "301 characters together; at most 300"),
+        ({"passages": ["ok", 5]}, "passages.1", "valid string"),
+        ({"passages": "one passage"}, "passages", "valid list"),
+        ({"passages": ["ok", "a\ud800"]}, "passages.1", "unicode"),
+        ({"context": "ok"}, "context", "Extra inputs"),
+        ({"question": " "}, "question", "whitespace"),
+        ({"top_k": 6}, "top_k", "less than or equal to 5"),
+    ],
+)
+def test_read_bad_fields_get_422_naming_the_passage(client, engine, patch, field, reason):
+    body = {"question": "find seoul", "passages": ["seoul"], **patch}
+    # json.dumps escapes a lone surrogate as JSON allows ("\\ud800"); httpx's json= would refuse it
+    r = client.post("/read", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_request"
+    assert field_of(r) == field
+    assert reason in err["fields"][0]["reason"]
+    assert engine.calls == []
+
+
+def test_read_engine_input_too_large_names_passage(client):
+    client.app.state.engine.max_context_words = 2
+    r = client.post("/read", json={"question": "q", "passages": ["a b", "a b", "a b c"]})
+    assert r.status_code == 422 and field_of(r) == "passages.2"
+    assert r.json()["error"]["code"] == "input_too_large"
+
+
+def test_read_in_openapi_with_limits(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    passages = schemas["ReadRequest"]["properties"]["passages"]
+    assert passages["maxItems"] == 3 and passages["items"]["maxLength"] == 200
+    assert "passage" in schemas["ReadAnswerOut"]["properties"]
+    client.post("/read", json={"question": "find x", "passages": ["x"]})
+    assert 'qa_requests_total{endpoint="/read",outcome="200"} 1.0' in client.get("/metrics").text
+
+
+def test_demo_page_is_served_offline(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    for asset, kind in (("app.js", "javascript"), ("app.css", "text/css")):
+        assert f"static/{asset}" in r.text
+        got = client.get(f"/static/{asset}")
+        assert got.status_code == 200 and kind in got.headers["content-type"]
+    from app.api.demo import STATIC_DIR
+
+    for f in STATIC_DIR.iterdir():
+        text = f.read_text(encoding="utf-8")
+        # nothing from another origin: no CDN, no web fonts, no remote images
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I), f.name
+        assert "@import" not in text and "innerHTML" not in text, f.name
+
+
+def test_demo_can_be_switched_off(engine):
+    with TestClient(create_app(SETTINGS.model_copy(update={"demo": False}), lambda s, m: engine)) as c:
+        assert c.get("/").status_code == 404
+        assert c.get("/static/app.js").status_code == 404
+        assert c.post("/answer", json=OK).status_code == 200

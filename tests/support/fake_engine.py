@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from app.engine.errors import InferenceFailed, InputTooLarge
-from app.engine.interface import Health, QARequest, QAResult
+from app.engine.interface import Health, QARequest, QAResult, ReadRequest
 from app.engine.spans import Answer
 
 
@@ -19,7 +19,7 @@ class FakeEngine:
         self.ready = ready
         self.alive = True
         self.max_context_words = max_context_words
-        self.calls: list[list[QARequest]] = []
+        self.calls: list[list[QARequest] | ReadRequest] = []
         self.started = False
 
     @property
@@ -66,3 +66,21 @@ class FakeEngine:
             answers = [Answer(word, 1.0, start, start + len(word), 1.0)] if start >= 0 else []
             out.append(QAResult(answers[: r.top_k], 0.0 if r.allow_no_answer else None, 1))
         return out
+
+    async def read(self, request: ReadRequest, cancelled: Any = None) -> QAResult:
+        for p, passage in enumerate(request.passages):
+            if len(passage.split()) > self.max_context_words:
+                raise InputTooLarge("passage needs too many windows", ("passages", p))
+        self.calls.append(request)
+        await asyncio.sleep(self.latency_s)
+        if self.fail_on and self.fail_on in request.question:
+            raise InferenceFailed("inference failed: RuntimeError")
+        word = request.question.split()[-1].strip("?")
+        # the earlier the word sits in its passage, the better: a ranking across passages to check
+        found = [(p, passage.find(word)) for p, passage in enumerate(request.passages) if word in passage]
+        found.sort(key=lambda t: (t[1], t[0]))
+        answers = [
+            Answer(word, 1.0 / (rank + 1), start, start + len(word), -float(start), p)
+            for rank, (p, start) in enumerate(found)
+        ]
+        return QAResult(answers[: request.top_k], 0.0 if request.allow_no_answer else None, len(request.passages))

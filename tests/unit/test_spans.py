@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.engine.spans import decode_spans, window_candidates
+from app.engine.spans import PassageLogits, decode_passages, decode_spans, window_candidates
 from app.engine.windows import encode_pairs, make_windows
 
 from .test_windows import QUESTION, TEXT, _has_tokens
@@ -150,3 +151,62 @@ def test_trim_suffixes_cut_particles_but_never_the_whole_answer(unigram):
     start[t], end[t] = 10, 10
     out = decode_spans(context, [w], [start], [end], top_k=1, max_answer_length=10, trim_suffixes=("를",))
     assert out.answers[0].text == "를"  # trimming must leave something
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    question=QUESTION,
+    contexts=st.lists(TEXT, min_size=1, max_size=4),
+    seed=st.integers(0, 2**32 - 1),
+    top_k=st.integers(1, 12),
+    allow_null=st.booleans(),
+)
+def test_passages_decode_like_each_passage_alone_merged_by_logit(
+    tokenizer, question, contexts, seed, top_k, allow_null
+):
+    """Many passages = each passage decoded alone, candidates merged on the raw logit, one softmax."""
+    if not all(_has_tokens(tokenizer, question, c) for c in contexts):
+        return
+    rng = np.random.default_rng(seed)
+    passages = []
+    for pair, context in zip(encode_pairs(tokenizer, [(question, c) for c in contexts]), contexts, strict=True):
+        windows = make_windows(pair, 40, 6, 8)
+        passages.append(PassageLogits(context, windows, *_logits(rng, windows)))
+    out = decode_passages(passages, top_k=top_k, max_answer_length=6, allow_no_answer=allow_null)
+    alone = [
+        decode_spans(p.context, p.windows, p.start_logits, p.end_logits, top_k=10_000, max_answer_length=6)
+        for p in passages
+    ]
+    merged = sorted(
+        ((a.logit, i, a.start, a.end) for i, d in enumerate(alone) for a in d.answers),
+        key=lambda t: (-t[0], t[1], t[2], t[3]),
+    )
+    null_logit = min(d.null_logit for d in alone)
+    assert out.null_logit == null_logit
+    if allow_null and merged and null_logit > merged[0][0]:
+        assert out.answers == []
+    else:
+        assert [(a.logit, a.passage, a.start, a.end) for a in out.answers] == merged[:top_k]
+    for a in out.answers:
+        assert a.text == contexts[a.passage][a.start : a.end]
+    # one softmax over every candidate of every passage (and the null answer)
+    logits = np.array([m[0] for m in merged] + ([null_logit] if allow_null else []))
+    z = np.exp(logits - logits.max())
+    for a in out.answers:
+        assert a.score == pytest.approx(np.exp(a.logit - logits.max()) / z.sum(), rel=1e-6)
+    if allow_null:
+        assert out.no_answer_score == pytest.approx(z[-1] / z.sum(), rel=1e-6)
+
+
+def test_same_span_in_two_passages_stays_two_answers(wordpiece):
+    context = "서울은 대한민국의 수도이다."
+    [pair] = encode_pairs(wordpiece, [("수도는?", context)])
+    [w] = make_windows(pair, 64, 8, 8)
+    start, end = np.zeros(len(w), np.float32), np.zeros(len(w), np.float32)
+    tok = next(i for i in range(w.context_start, w.context_end) if w.offsets[i, 0] == 0)
+    start[tok] = end[tok] = 10
+    one = PassageLogits(context, [w], [start], [end])
+    other = PassageLogits(context, [w], [start * 0.5], [end * 0.5])
+    out = decode_passages([other, one], top_k=2, max_answer_length=3)
+    assert [(a.passage, a.start, a.logit) for a in out.answers] == [(1, 0, 20.0), (0, 0, 10.0)]
+    assert out.answers[0].text == out.answers[1].text
