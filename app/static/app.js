@@ -121,6 +121,18 @@ function showResults(passages, indices, body) {
   }
 }
 
+// The server may require a bearer token (QA_API_KEY). The key field shows once a call comes back 401;
+// the key lives only in this tab's sessionStorage.
+function authHeaders() {
+  const key = $("api-key").value || sessionStorage.getItem("qa-api-key") || "";
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
+
+function needKey() {
+  $("api-key-label").hidden = false;
+  $("api-key").focus();
+}
+
 async function ask(event) {
   event.preventDefault();
   const question = $("question").value;
@@ -139,8 +151,11 @@ async function ask(event) {
   setStatus("Answering…");
   const t0 = performance.now();
   try {
-    const r = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(payload) });
+    const headers = { "content-type": "application/json", ...authHeaders() };
+    const r = await fetch(url, { method: "POST", headers, body: JSON.stringify(payload) });
     const body = await r.json().catch(() => ({}));
+    if (r.status === 401) needKey();
+    else if ($("api-key").value) sessionStorage.setItem("qa-api-key", $("api-key").value);
     if (!r.ok) {
       const err = body.error || {};
       setStatus(`${r.status} ${err.code || ""}: ${err.message || r.statusText}`, true);
@@ -164,7 +179,13 @@ async function loadModel() {
       setTimeout(loadModel, 1000);
       return;
     }
-    const info = (await (await fetch("v1/models")).json()).data[0];
+    const models = await fetch("v1/models", { headers: authHeaders() });
+    if (models.status === 401) {
+      $("model").textContent = "this server needs an API key";
+      needKey();
+      return;
+    }
+    const info = (await models.json()).data[0];
     $("model").textContent = `${info.name} · ${info.precision} · ${info.execution_provider} · ${info.languages.join(", ")}`;
   } catch (e) {
     $("model").textContent = `server unreachable: ${e}`;

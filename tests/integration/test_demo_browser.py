@@ -162,3 +162,31 @@ def test_demo_page_many_passages_long_text_and_no_html(server, browser):
     # a request the server refuses shows the server's reason
     page = ask(browser, top_k=50)
     assert page["error"] and "422" in page["status"] and "top_k" in page["status"]
+
+
+def test_demo_page_asks_for_the_api_key_when_the_server_needs_one(marker_bundle, browser):
+    from selenium.webdriver.common.by import By
+
+    from tests.integration.test_uvicorn import wait_ready
+
+    port = free_port()
+    proc = start({"QA_MODEL_DIR": str(marker_bundle), "QA_PORT": str(port), "QA_API_KEY": "demo-key-123"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, base)
+        browser.get(base + "/")
+        wait_for(browser, lambda d: "API key" in d.find_element(By.ID, "model").text)
+        assert browser.find_element(By.ID, "api-key").is_displayed()
+        context = f"대한민국의 수도는 {MARKER}이다."
+        browser.find_element(By.ID, "question").send_keys("대한민국의 수도는?")
+        set_value(browser, browser.find_element(By.CSS_SELECTOR, "#passages textarea.passage"), context)
+        set_value(browser, browser.find_element(By.ID, "api-key"), "wrong")
+        page = ask(browser)
+        assert page["error"] and "401" in page["status"]
+        set_value(browser, browser.find_element(By.ID, "api-key"), "demo-key-123")
+        page = ask(browser)
+        assert not page["error"], page["status"]
+        assert page["rows"][0][1] == MARKER
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
