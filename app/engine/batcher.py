@@ -73,12 +73,13 @@ class Batcher(Generic[W]):
     """One asyncio task owns the queue; callers only append and await a future, so no lock is needed.
 
     Scheduling, one batch at a time so that new arrivals join the very next batch:
-    - earliest deadline first, one window per request per pass, so a request with 200 windows
-      cannot hold back one with a single window (no head-of-line blocking);
+    - least-served first (fewest windows already scheduled), then earliest deadline, one window per
+      request per pass: a request with 200 windows cannot hold back one with a single window, even
+      when a batch holds only one window (no head-of-line blocking);
     - a batch stops growing at the window budget, the padded-token budget, or when its estimated
       run time would pass `max_batch_s`, which bounds how long a newcomer waits for a free engine;
-    - a request whose remaining windows cannot finish before its deadline, even alone, is failed
-      at once instead of computed for nobody;
+    - a request whose next window cannot finish before its deadline is failed at once instead of
+      computed for nobody;
     - admission refuses (429) what the queue ahead of it leaves no time for, and refuses (422) what
       could never fit the queue or the deadline at all.
     """
@@ -228,11 +229,11 @@ class Batcher(Generic[W]):
             elif now > job.deadline:
                 reason = "deadline"
                 job.future.set_exception(DeadlineExceeded("the request's deadline passed while it was queued"))
-            elif now + self.cost.seconds(job.tokens_left) > job.deadline:
-                reason = "hopeless"  # computing any of it would only delay others
-                job.future.set_exception(
-                    DeadlineExceeded("the request's remaining windows cannot finish before its deadline")
-                )
+            elif now + self.cost.seconds(job.widths[job.next]) > job.deadline:
+                # Only the next window is checked: the whole remainder would use a noisy estimate to
+                # give up on requests that might still make it. Admission already refused the hopeless.
+                reason = "hopeless"
+                job.future.set_exception(DeadlineExceeded("its next window cannot finish before the deadline"))
             if reason is None:
                 keep.append(job)
             else:
@@ -243,8 +244,8 @@ class Batcher(Generic[W]):
         self.metrics.queue_depth.set(self._queued)
 
     def _next_batch(self) -> list[tuple[_Job[W], int]]:
-        """Earliest deadline first, one window per job per pass, under the window/token/time budgets."""
-        self._jobs.sort(key=lambda j: j.deadline)
+        """Least-served, then earliest-deadline first, one window per job per pass, under the budgets."""
+        self._jobs.sort(key=lambda j: (j.next, j.deadline))
         batch: list[tuple[_Job[W], int]] = []
         width = 0
         full = False

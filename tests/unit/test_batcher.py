@@ -176,10 +176,10 @@ async def test_requests_that_cannot_meet_their_deadline_are_refused_or_dropped()
         b.submit([Win(10)] * 3, 5)  # 3 s of its own + 3 s of fair share behind `first`
     assert refused.value.retry_after == pytest.approx(4.0)
     assert b.queued_windows == 4
-    # a queued request whose remaining windows no longer fit its deadline is failed, not computed
-    b.cost.observe(100.0, 10)
+    # a queued request whose next window no longer fits its deadline is failed, not computed
+    b.cost.observe(1000.0, 10)
     b.start()
-    with pytest.raises(DeadlineExceeded, match="cannot finish"):
+    with pytest.raises(DeadlineExceeded, match="cannot finish before the deadline"):
         await first
     assert infer.batches == []
     await b.stop()
@@ -223,3 +223,18 @@ async def test_closed_batcher_refuses_new_work_and_fail_all_answers_the_rest():
     assert b.fail_all(ShuttingDown("bye")) == 1
     with pytest.raises(ShuttingDown):
         await waiting
+
+
+async def test_least_served_request_goes_first_even_with_one_window_per_batch():
+    infer = FakeInfer()
+    infer.gate = threading.Event()
+    b = make(infer, max_windows=1, max_delay_s=0)
+    b.start()
+    big = b.submit([Win(8, "big")] * 10, 30)
+    await asyncio.sleep(0.05)  # big's first window is running
+    small = b.submit([Win(3, "small")], 30)  # a later deadline, but nothing served yet
+    infer.gate.set()
+    await small
+    assert [w.tag for batch in infer.batches[:2] for w in batch] == ["big", "small"]
+    assert len(await big) == 10
+    await b.stop()
