@@ -181,7 +181,7 @@ def add_validate(sub: argparse._SubParsersAction) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from model_export.config import ConfigError, load_build_config
-    from model_export.pipeline import build, command_line
+    from model_export.pipeline import build
 
     try:
         cfg = load_build_config(Path(args.config), args.set or [])
@@ -192,7 +192,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     cfg = cfg.model_copy(update=updates)
     if args.fresh and Path(cfg.work_dir).exists():
         shutil.rmtree(cfg.work_dir)
-    print(build(cfg, command_line()))
+    print(build(cfg, args.command))
     return 0
 
 
@@ -260,6 +260,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             eval_threads=args.threads,
             trim_suffixes=args.trim_suffixes,
             local_files_only=args.offline,
+            command=args.command,
         )
     except ExportError as e:
         print(f"bundle: error: {e}", file=sys.stderr)
@@ -346,6 +347,9 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    from model_export.pipeline import command_line
+
+    args.command = command_line(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
 import sys
 from collections.abc import Sequence
@@ -37,9 +38,10 @@ HF_FILES = (
 )
 
 
-def command_line() -> str:
-    """How this process was started, as someone would retype it."""
-    return " ".join(["python -m model_export", *sys.argv[1:]])
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """How this process was started, as someone would retype it (argv: the CLI's arguments, default sys.argv)."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return " ".join(["python -m model_export", *(shlex.quote(a) for a in args)])
 
 
 @dataclass(frozen=True)
