@@ -357,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         # onnxruntime.quantization logs a line per tensor through the root logger; keep its warnings only
         for handler in logging.getLogger().handlers:
             handler.addFilter(lambda r: r.name != "root" or r.levelno >= logging.WARNING)
+        # onnxruntime.transformers' fusion modules log every step under bare module names; export.py sums them up
+        for name in ("fusion_base", "fusion_utils", "onnx_model", "onnx_model_bert", "onnxruntime.transformers"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

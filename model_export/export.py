@@ -123,9 +123,13 @@ def export_onnx(model: Any, out_dir: Path, opset: int | None = None) -> ExportIn
     if outputs != OUTPUT_NAMES:
         raise ExportError(f"exported graph has outputs {outputs}, expected {OUTPUT_NAMES}")
     heads, hidden = _heads_and_hidden(model.config)
+    inputs = graph_input_names(path)
+    log.info(
+        "optimum export (%s, %s): inputs %s, dynamic batch and sequence axes", model.config.model_type, TASK, inputs
+    )
     return ExportInfo(
         path=str(path),
-        input_names=graph_input_names(path),
+        input_names=inputs,
         output_names=outputs,
         opset=max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
         num_heads=heads,
@@ -144,8 +148,8 @@ def fusion_model_type(model_type: str) -> str | None:
         return None
 
 
-def optimize_onnx(src: Path, dst: Path, info: ExportInfo) -> Path:
-    """Apply onnxruntime.transformers' fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm).
+def optimize_onnx(src: Path, dst: Path, info: ExportInfo) -> dict[str, int]:
+    """Apply onnxruntime.transformers' fusions (Attention, SkipLayerNorm, BiasGelu, ...); returns their counts.
 
     opt_level=0 runs only the Python fusions, not ORT's own provider-specific graph rewrites, so the
     saved graph runs on CPU and CUDA alike; the session applies its own optimisations at load.
@@ -160,7 +164,7 @@ def optimize_onnx(src: Path, dst: Path, info: ExportInfo) -> Path:
     if family is None:
         log.warning("no ONNX Runtime fusions for %s; model.onnx is the exported graph as it is", info.model_type)
         shutil.copyfile(src, dst)
-        return dst
+        return {}
     options = FusionOptions(family)
     # exact Gelu: the tanh approximation would move logits further than the fp32 tolerance allows
     options.enable_gelu_approximation = False
@@ -172,9 +176,10 @@ def optimize_onnx(src: Path, dst: Path, info: ExportInfo) -> Path:
         optimization_options=options,
         opt_level=0,
     )
-    log.info("fused operators: %s", optimized.get_fused_operator_statistics())
+    fused = {op: int(n) for op, n in optimized.get_fused_operator_statistics().items() if n}
+    log.info("fused operators: %s", fused)
     optimized.save_model_to_file(str(dst), use_external_data_format=False)
-    return dst
+    return fused
 
 
 def to_fp16(src: Path, dst: Path) -> Path:
@@ -203,7 +208,8 @@ def export_all(
     raw = out_dir / "model.raw.onnx"
     shutil.copyfile(exported / "model.onnx", raw)
     info = ExportInfo(**{**asdict(info), "path": str(raw)})
-    fp32 = optimize_onnx(raw, out_dir / "model.onnx", info)
+    fp32 = out_dir / "model.onnx"
+    fused = optimize_onnx(raw, fp32, info)
     files = {"fp32": fp32}
     if fp16:
         files["fp16"] = to_fp16(fp32, out_dir / "model.fp16.onnx")
@@ -212,6 +218,7 @@ def export_all(
         "path": fp32.name,
         "exporter": "optimum-onnx onnx_export_from_model (task question-answering)",
         "source": str(model_dir),
+        "fused_operators": fused,
         "files": {k: v.name for k, v in files.items()},
     }
     (out_dir / "export.json").write_text(json.dumps(record, indent=2))

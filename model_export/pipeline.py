@@ -398,6 +398,28 @@ def save_backend_tokenizer(tokenizer: Any, path: Path) -> Any:
     return backend
 
 
+def warn_if_tokenizer_file_differs(path: Path, backend: Any) -> None:
+    """transformers may rebuild a tokenizer from tokenizer_config.json (do_lower_case, ...); say so when it tokenizes
+    differently from the checkpoint's tokenizer.json, since the bundle follows transformers (as fine-tuning did)."""
+    from tokenizers import Tokenizer
+
+    from model_export.validate import SAMPLE_PAIRS
+
+    if not path.is_file():
+        return
+    raw = Tokenizer.from_file(str(path))
+    raw.no_truncation()
+    raw.no_padding()
+    for q, c in SAMPLE_PAIRS:
+        if raw.encode(q, c).ids != backend.encode(q, c).ids:
+            log.warning(
+                "%s tokenizes differently from the tokenizer transformers loads (tokenizer_config.json overrides "
+                "it); the bundle uses transformers' version. Check do_lower_case / strip_accents if that is wrong",
+                path,
+            )
+            return
+
+
 def position_limit(config: Any, tokenizer: Any) -> int:
     """The longest window the model can take: its position table, and the tokenizer's stated maximum."""
     limits = []
@@ -412,16 +434,36 @@ def position_limit(config: Any, tokenizer: Any) -> int:
 
 
 def default_windows(config: Any, tokenizer: Any, training: dict[str, Any], overrides: dict[str, int | None]) -> Windows:
-    """Flags win; else what the checkpoint was trained with (training.json); else the SQuAD recipe within limits."""
+    """Flags win; else what the checkpoint was trained with (training.json); else the SQuAD recipe within limits.
+
+    A max_seq_length flag also resets the defaults derived from it, so `--max-seq-length 128` alone works even
+    for a checkpoint trained with doc_stride 128.
+    """
     limit = position_limit(config, tokenizer)
     trained = training.get("config", {}) if isinstance(training, dict) else {}
-    msl = overrides.get("max_seq_length") or trained.get("max_seq_length") or min(384, limit)
+    if overrides.get("max_seq_length"):
+        trained = {}
+    msl = int(overrides.get("max_seq_length") or trained.get("max_seq_length") or min(384, limit))
     if msl > limit:
         raise ExportError(f"max_seq_length {msl} exceeds what the model takes ({limit} positions)")
     stride = overrides.get("doc_stride")
-    stride = stride if stride is not None else trained.get("doc_stride", min(128, msl // 3))
-    query = overrides.get("max_query_length") or trained.get("max_query_length") or min(64, msl // 4)
-    return Windows(int(msl), int(stride), int(query))
+    stride = int(stride if stride is not None else trained.get("doc_stride", min(128, msl // 3)))
+    query = int(overrides.get("max_query_length") or trained.get("max_query_length") or min(64, msl // 4))
+    return Windows(msl, stride, query)
+
+
+def check_windows(windows: Windows, backend: Any) -> None:
+    """Every window must hold more than doc_stride context tokens next to the longest question, or none advances."""
+    from app.engine.windows import window_capacity
+
+    n_special = sum(1 for s in backend.encode("a", "b").sequence_ids if s is None)
+    room = window_capacity(n_special, windows.max_query_length, windows.max_seq_length)
+    if room <= windows.doc_stride:
+        raise ExportError(
+            f"max_seq_length {windows.max_seq_length} leaves {room} context tokens next to a "
+            f"{windows.max_query_length}-token question and {n_special} special tokens, not more than "
+            f"doc_stride {windows.doc_stride}: lower --doc-stride or --max-query-length, or raise --max-seq-length"
+        )
 
 
 def bundle_checkpoint(
@@ -465,6 +507,9 @@ def bundle_checkpoint(
     win = default_windows(model.config, tokenizer, training, windows or {})
     tok_path = work / "tokenizer.json"
     backend = save_backend_tokenizer(tokenizer, tok_path)
+    check_windows(win, backend)
+    if local is not None:
+        warn_if_tokenizer_file_differs(local / "tokenizer.json", backend)
     log.info("windows: %s; tokenizer %s", win, type(tokenizer).__name__)
 
     onnx_dir = work / "onnx"
@@ -497,6 +542,7 @@ def bundle_checkpoint(
             "model_type": info["model_type"],
             "tokenizer_class": type(tokenizer).__name__,
             "exporter": info.get("exporter"),
+            "fused_operators": info.get("fused_operators", {}),
         },
     )
     if eval_data is not None:

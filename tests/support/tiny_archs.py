@@ -180,3 +180,12 @@ def build_checkpoint(arch: str, out_dir: Path, head: bool = True, seed: int = SE
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python -m tests.support.tiny_archs ARCH OUT_DIR  -> a tiny random ARCH QA checkpoint, as save_pretrained writes it
+    if len(sys.argv) != 3 or sys.argv[1] not in ARCHS:
+        sys.exit(f"usage: python -m tests.support.tiny_archs {{{'|'.join(ARCHS)}}} OUT_DIR")
+    print(build_checkpoint(sys.argv[1], Path(sys.argv[2])))
