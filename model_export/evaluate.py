@@ -202,14 +202,6 @@ def torch_logits_fn(model: Any, device: Any) -> LogitsFn:
     return run
 
 
-def _load_tokenizer(path: Path) -> Any:
-    from tokenizers import Tokenizer
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: tokenizer file not found")
-    return Tokenizer.from_file(str(path))
-
-
 def checkpoint_windows(model_dir: Path, overrides: dict[str, int | None]) -> WindowSettings:
     """Window settings: explicit arguments, else the checkpoint's training.json, else the defaults."""
     values = asdict(WindowSettings())
@@ -224,16 +216,21 @@ def checkpoint_windows(model_dir: Path, overrides: dict[str, int | None]) -> Win
 def open_checkpoint(
     model_dir: Path, windows: WindowSettings, batch_size: int, threads: int, device: str = "auto"
 ) -> WindowPredictor:
-    """A transformers checkpoint directory (config.json, weights, tokenizer.json)."""
+    """A transformers checkpoint directory (config.json, weights, tokenizer files).
+
+    Its tokenizer is the one transformers loads, as `bundle` ships it, so a checkpoint and its bundle window alike.
+    """
     import torch
     from transformers import AutoModelForQuestionAnswering
+
+    from model_export.pipeline import backend_tokenizer, load_fast_tokenizer
 
     torch.set_num_threads(threads)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
     )
     model = AutoModelForQuestionAnswering.from_pretrained(model_dir).to(dev).eval()
-    tokenizer = _load_tokenizer(model_dir / "tokenizer.json")
+    tokenizer = backend_tokenizer(load_fast_tokenizer(model_dir, local_files_only=True))
     return WindowPredictor(
         tokenizer, torch_logits_fn(model, dev), windows, pad_token_id(tokenizer), batch_size, description=str(model_dir)
     )

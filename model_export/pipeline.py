@@ -383,8 +383,8 @@ def load_fast_tokenizer(source: str | Path, local_files_only: bool = False) -> A
     return tokenizer
 
 
-def save_backend_tokenizer(tokenizer: Any, path: Path) -> Any:
-    """tokenizer.json for the bundle: the Rust tokenizer with its pair template, never truncating or padding.
+def backend_tokenizer(tokenizer: Any) -> Any:
+    """The Rust tokenizer behind a transformers fast tokenizer, with its pair template, never truncating or padding.
 
     Windowing cuts contexts itself; a truncation setting left in tokenizer.json would drop context silently.
     """
@@ -393,6 +393,12 @@ def save_backend_tokenizer(tokenizer: Any, path: Path) -> Any:
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.no_truncation()
     backend.no_padding()
+    return backend
+
+
+def save_backend_tokenizer(tokenizer: Any, path: Path) -> Any:
+    """tokenizer.json for the bundle (see `backend_tokenizer`); returns the tokenizer saved."""
+    backend = backend_tokenizer(tokenizer)
     path.parent.mkdir(parents=True, exist_ok=True)
     backend.save(str(path))
     return backend
