@@ -258,6 +258,8 @@ class EnginePredictor:
             max_batch_windows=batch_size,
             max_batch_tokens=max(8192, batch_size * 512),
             max_delay_ms=0.0,
+            max_batch_ms=float(huge),  # batch_size alone sizes batches; no latency budget offline
+            stall_timeout_s=float(huge),
             max_queue_windows=huge,
             max_windows_per_request=huge,
             request_timeout_s=float(huge),
