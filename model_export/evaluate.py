@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import inspect
 import json
 import logging
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from app.engine.bundle import BundleError, Score, choose_variant, read_manifest, verify_bundle
+from app.engine.bundle import BundleError, Score
 from app.engine.spans import decode_spans
 from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows, pad_batch, pad_token_id
 from app.settings import cpu_quota
@@ -201,30 +202,6 @@ def torch_logits_fn(model: Any, device: Any) -> LogitsFn:
     return run
 
 
-def ort_logits_fn(session: Any, input_names: Sequence[str], output_names: Sequence[str]) -> LogitsFn:
-    """Logits from an ONNX Runtime session, feeding the manifest's inputs in the graph's integer type."""
-    graph_inputs = {i.name: i.type for i in session.get_inputs()}
-    missing = [n for n in input_names if n not in graph_inputs]
-    if missing:
-        raise BundleError(f"manifest lists inputs {missing} the ONNX graph does not have")
-    dtypes = {n: np.int32 if graph_inputs[n] == "tensor(int32)" else np.int64 for n in input_names}
-    outputs = list(output_names)
-
-    def run(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        start, end = session.run(outputs, {n: batch[n].astype(dtypes[n], copy=False) for n in input_names})
-        return np.asarray(start, dtype=np.float32), np.asarray(end, dtype=np.float32)
-
-    return run
-
-
-def _load_tokenizer(path: Path) -> Any:
-    from tokenizers import Tokenizer
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: tokenizer file not found")
-    return Tokenizer.from_file(str(path))
-
-
 def checkpoint_windows(model_dir: Path, overrides: dict[str, int | None]) -> WindowSettings:
     """Window settings: explicit arguments, else the checkpoint's training.json, else the defaults."""
     values = asdict(WindowSettings())
@@ -239,46 +216,87 @@ def checkpoint_windows(model_dir: Path, overrides: dict[str, int | None]) -> Win
 def open_checkpoint(
     model_dir: Path, windows: WindowSettings, batch_size: int, threads: int, device: str = "auto"
 ) -> WindowPredictor:
-    """A transformers checkpoint directory (config.json, weights, tokenizer.json)."""
+    """A transformers checkpoint directory (config.json, weights, tokenizer files).
+
+    Its tokenizer is the one transformers loads, as `bundle` ships it, so a checkpoint and its bundle window alike.
+    """
     import torch
     from transformers import AutoModelForQuestionAnswering
+
+    from model_export.pipeline import backend_tokenizer, load_fast_tokenizer
 
     torch.set_num_threads(threads)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
     )
     model = AutoModelForQuestionAnswering.from_pretrained(model_dir).to(dev).eval()
-    tokenizer = _load_tokenizer(model_dir / "tokenizer.json")
+    tokenizer = backend_tokenizer(load_fast_tokenizer(model_dir, local_files_only=True))
     return WindowPredictor(
         tokenizer, torch_logits_fn(model, dev), windows, pad_token_id(tokenizer), batch_size, description=str(model_dir)
     )
 
 
-def open_bundle(bundle_dir: Path, variant: str, batch_size: int, threads: int) -> tuple[WindowPredictor, str]:
-    """An ONNX bundle made by model_export, run on CPU; returns the predictor and the variant chosen."""
-    import onnxruntime as ort
+class EnginePredictor:
+    """An ONNX bundle answered by the service's own QAEngine: its bundle check, runtime, batcher and decoding.
 
-    manifest = read_manifest(bundle_dir)
-    chosen = choose_variant(manifest, variant, on_cuda=False)
-    onnx_file = manifest.variants[chosen]
-    verify_bundle(bundle_dir, [onnx_file, manifest.tokenizer])
-    opts = ort.SessionOptions()
-    # ORT sizes its pool from the host's cores and ignores CPU limits, so say how many to use
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(bundle_dir / onnx_file), sess_options=opts, providers=["CPUExecutionProvider"])
-    tokenizer = _load_tokenizer(bundle_dir / manifest.tokenizer)
-    windows = WindowSettings(manifest.max_seq_length, manifest.doc_stride, manifest.max_query_length)
-    predictor = WindowPredictor(
-        tokenizer,
-        ort_logits_fn(session, manifest.input_names, manifest.output_names),
-        windows,
-        pad_token_id(tokenizer),
-        batch_size,
-        description=f"{bundle_dir} [{chosen}]",
-        trim_suffixes=manifest.trim_suffixes,
-    )
-    return predictor, chosen
+    So a bundle's scores come from exactly the code that serves it; only the HTTP layer is skipped.
+    """
+
+    CHUNK = 256  # questions per engine call: bounds the windows in flight, not the result
+
+    def __init__(self, bundle_dir: Path, variant: str, batch_size: int, threads: int) -> None:
+        from app.engine.qa import QAEngine
+        from app.settings import Settings
+
+        huge = 10**9  # the service's per-request limits protect a server, not an offline job
+        self.settings = Settings(
+            model_dir=bundle_dir,
+            model_variant=variant,  # type: ignore[arg-type]
+            providers="cpu",
+            intra_op_threads=threads,
+            warmup=False,
+            max_batch_windows=batch_size,
+            max_batch_tokens=max(8192, batch_size * 512),
+            max_delay_ms=0.0,
+            max_batch_ms=float(huge),  # batch_size alone sizes batches; no latency budget offline
+            stall_timeout_s=float(huge),
+            max_queue_windows=huge,
+            max_windows_per_request=huge,
+            request_timeout_s=float(huge),
+        )
+        self.engine = QAEngine(self.settings)
+        self.variant = self.engine.variant
+        self.description = f"{bundle_dir} [{self.variant}]"
+
+    def predict(self, pairs: Sequence[tuple[str, str]], top_k: int, max_answer_length: int) -> list[list[Span]]:
+        return asyncio.run(self._predict(pairs, top_k, max_answer_length))
+
+    async def _predict(self, pairs: Sequence[tuple[str, str]], top_k: int, max_answer_length: int) -> list[list[Span]]:
+        from app.engine.interface import QARequest
+
+        engine = self.engine
+        await engine.start()
+        try:
+            while not engine.health().ready:
+                health = engine.health()
+                if not health.alive:
+                    raise RuntimeError(f"{self.description}: {health.detail}")
+                await asyncio.sleep(0.01)
+            results: list[list[Span]] = []
+            for c in range(0, len(pairs), self.CHUNK):
+                requests = [QARequest(q, ctx, top_k, max_answer_length) for q, ctx in pairs[c : c + self.CHUNK]]
+                for r in await engine.answer(requests):
+                    results.append([Span(a.text, a.score, a.start, a.end) for a in r.answers])
+                log.info("%s: %d/%d questions", self.description, len(results), len(pairs))
+            return results
+        finally:
+            await engine.stop()
+
+
+def open_bundle(bundle_dir: Path, variant: str, batch_size: int, threads: int) -> tuple[EnginePredictor, str]:
+    """An ONNX bundle made by model_export, run on CPU by QAEngine; returns the predictor and the variant chosen."""
+    predictor = EnginePredictor(bundle_dir, variant, batch_size, threads)
+    return predictor, predictor.variant
 
 
 def open_predictor(

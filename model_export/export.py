@@ -1,21 +1,22 @@
-"""Export a Hugging Face QA checkpoint to ONNX (fp32), fuse it for ONNX Runtime, and derive the fp16 variant."""
+"""Export a Hugging Face QA checkpoint to ONNX through optimum's exporter, fuse it for ONNX Runtime, derive fp16."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
+TASK = "question-answering"
 OUTPUT_NAMES = ["start_logits", "end_logits"]
-# The order the wrapper takes them in; the graph keeps only those the model's forward accepts.
-CANDIDATE_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
-# 17 has LayerNormalization as a native op and is well covered by ORT's CPU and CUDA kernels.
-OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """A checkpoint that cannot become a bundle; the message says what the user can do about it."""
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class ExportInfo:
     """What later steps (validation, manifest) need to know about an exported graph."""
 
     path: str
-    input_names: list[str]
+    input_names: list[str]  # read back from the graph: what the service must feed, in order
     output_names: list[str]
     opset: int
     num_heads: int
@@ -31,93 +32,68 @@ class ExportInfo:
     model_type: str
 
 
-def _qa_wrapper(model: object, input_names: list[str]) -> object:
-    """A module whose forward takes exactly `input_names` positionally and returns (start, end) logits."""
-    import torch
+def supported_model_types() -> list[str]:
+    """Model types optimum-onnx can export for question answering."""
+    import optimum.exporters.onnx.model_configs  # noqa: F401 - registers the ONNX configs with TasksManager
+    from optimum.exporters.tasks import TasksManager
 
-    class QAWrapper(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            out = self.model(**dict(zip(input_names, tensors, strict=True)), return_dict=True)
-            return out.start_logits, out.end_logits
-
-    return QAWrapper()
+    return sorted(TasksManager.get_supported_model_type_for_task(TASK, exporter="onnx"))
 
 
-def load_qa_model(model_dir: Path) -> object:
+def check_model_type(model_type: str) -> None:
+    """Fail with the list of supported types when optimum has no question-answering ONNX config for this one."""
+    supported = supported_model_types()
+    if model_type.replace("_", "-") not in supported and model_type not in supported:
+        raise ExportError(
+            f"model type {model_type!r} is not supported by the optimum-onnx exporter for {TASK}; "
+            f"supported: {', '.join(supported)}. Fine-tune one of these architectures, or export the graph "
+            "yourself and write the bundle with model_export.bundle.write_bundle"
+        )
+
+
+def load_qa_model(model: str | Path, local_files_only: bool = False) -> Any:
     """The checkpoint as AutoModelForQuestionAnswering in eval mode with eager attention.
 
-    Eager attention exports to the MatMul/Softmax pattern that ORT's BERT fusion recognises;
-    the SDPA path exports differently and mostly stays unfused.
+    Eager attention exports to the MatMul/Softmax pattern that ORT's BERT fusions recognise; the SDPA
+    path exports differently and mostly stays unfused. A checkpoint whose QA head is missing would load
+    with a freshly initialised one, and random spans, so that is an error here.
     """
-    from transformers import AutoModelForQuestionAnswering
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
 
-    model = AutoModelForQuestionAnswering.from_pretrained(str(model_dir), attn_implementation="eager")
-    return model.eval()
-
-
-def model_input_names(model: object) -> list[str]:
-    params = inspect.signature(model.forward).parameters  # type: ignore[attr-defined]
-    return [n for n in CANDIDATE_INPUTS if n in params]
-
-
-def export_onnx(model_dir: Path, out_path: Path, opset: int = OPSET) -> ExportInfo:
-    """Trace the checkpoint to a single-file fp32 ONNX graph with dynamic batch and sequence axes.
-
-    Why the TorchScript exporter (`dynamo=False`) and not the dynamo one or optimum-onnx:
-    - torch 2.13 still ships it, it needs no onnxscript, and its graph is the op pattern that
-      onnxruntime.transformers' BERT fusions (Attention, SkipLayerNorm, BiasGelu) were written for;
-    - dynamic axes are declared directly and stay symbolic (no shape specialisation guards);
-    - optimum-onnx would wrap the same exporter with its own input/output naming and task
-      plumbing; we need exactly three inputs and two named outputs, so the direct call is simpler
-      to reason about, and the validation optimum performs is reimplemented in validate.py.
-    """
-    import torch
-
-    model = load_qa_model(model_dir)
-    input_names = model_input_names(model)
-    wrapper = _qa_wrapper(model, input_names)
-    wrapper.eval()  # torch.onnx.export restores the previous training mode; make sure that is eval
-    batch, seq = 2, 16
-    dummy = (
-        torch.randint(5, 100, (batch, seq), dtype=torch.int64),
-        torch.ones(batch, seq, dtype=torch.int64),
-        torch.zeros(batch, seq, dtype=torch.int64),
-    )[: len(input_names)]
-    dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in input_names + OUTPUT_NAMES}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapper,
-            dummy,
-            str(out_path),
-            input_names=input_names,
-            output_names=OUTPUT_NAMES,
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
+    try:
+        config = AutoConfig.from_pretrained(str(model), local_files_only=local_files_only)
+    except (OSError, ValueError) as e:
+        raise ExportError(
+            f"{model}: cannot read a model config ({e}). Pass a local model directory (config.json and weights) "
+            "or a Hugging Face hub id on a machine that can reach the hub"
+        ) from e
+    check_model_type(str(config.model_type))
+    try:
+        qa, info = AutoModelForQuestionAnswering.from_pretrained(
+            str(model), attn_implementation="eager", output_loading_info=True, local_files_only=local_files_only
         )
-    cfg = model.config  # type: ignore[attr-defined]
-    graph_inputs = _graph_input_names(out_path)
-    if graph_inputs != input_names:
-        # the tracer drops inputs the graph does not use; the manifest must list what the graph takes
-        log.warning("exported graph takes %s (model forward takes %s)", graph_inputs, input_names)
-    return ExportInfo(
-        path=str(out_path),
-        input_names=graph_inputs,
-        output_names=list(OUTPUT_NAMES),
-        opset=opset,
-        num_heads=int(cfg.num_attention_heads),
-        hidden_size=int(cfg.hidden_size),
-        model_type=str(cfg.model_type),
-    )
+    except ValueError as e:  # transformers has no *ForQuestionAnswering class for this config
+        raise ExportError(f"{model}: {config.model_type} has no question-answering model in transformers ({e})") from e
+    missing = list(info.get("missing_keys", []))
+    if missing:
+        arch = ", ".join(config.architectures or ["unknown"])
+        raise ExportError(
+            f"{model}: no question-answering head (the checkpoint is {arch}; missing weights {missing[:4]}). "
+            f"Fine-tune it for extractive QA first (python -m model_export train --base-model {model} ...), "
+            f"or pass a *ForQuestionAnswering checkpoint"
+        )
+    return qa.eval()
 
 
-def _graph_input_names(path: Path) -> list[str]:
+def _heads_and_hidden(config: Any) -> tuple[int, int]:
+    """Attention heads and hidden size under the names each architecture uses (DistilBERT: n_heads, dim)."""
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None) or 0
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None) or 0
+    return int(heads), int(hidden)
+
+
+def graph_input_names(path: Path) -> list[str]:
+    """The graph's inputs in order (initializers excluded): exactly what the service will feed."""
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
@@ -125,32 +101,85 @@ def _graph_input_names(path: Path) -> list[str]:
     return [i.name for i in m.graph.input if i.name not in initializers]
 
 
-def optimize_onnx(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Path:
-    """Apply onnxruntime.transformers' BERT fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm).
+def export_onnx(model: Any, out_dir: Path, opset: int | None = None) -> ExportInfo:
+    """optimum-onnx's exporter (task question-answering): dynamic batch and sequence axes, then its own check.
+
+    The exporter runs the PyTorch model and ONNX Runtime on the same dummy inputs and compares names,
+    shapes and values; validate.py then checks every variant on real, padded windows.
+    """
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the exporter puts the module back in its previous mode; it must be eval, or dropout stays on
+    model.eval()
+    onnx_export_from_model(model, out_dir, task=TASK, opset=opset, do_validation=True, no_dynamic_axes=False)
+    path = out_dir / "model.onnx"
+    if not path.is_file():
+        raise ExportError(f"optimum's exporter wrote no {path.name} in {out_dir}")
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    outputs = [o.name for o in graph.graph.output]
+    if outputs != OUTPUT_NAMES:
+        raise ExportError(f"exported graph has outputs {outputs}, expected {OUTPUT_NAMES}")
+    heads, hidden = _heads_and_hidden(model.config)
+    inputs = graph_input_names(path)
+    log.info(
+        "optimum export (%s, %s): inputs %s, dynamic batch and sequence axes", model.config.model_type, TASK, inputs
+    )
+    return ExportInfo(
+        path=str(path),
+        input_names=inputs,
+        output_names=outputs,
+        opset=max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
+        num_heads=heads,
+        hidden_size=hidden,
+        model_type=str(model.config.model_type),
+    )
+
+
+def fusion_model_type(model_type: str) -> str | None:
+    """onnxruntime.transformers' optimizer family for this architecture (optimum's table), None if it has none."""
+    from optimum.onnxruntime.utils import ORTConfigManager
+
+    try:
+        return ORTConfigManager.get_model_ort_type(model_type)
+    except KeyError:
+        return None
+
+
+def optimize_onnx(src: Path, dst: Path, info: ExportInfo) -> dict[str, int]:
+    """Apply onnxruntime.transformers' fusions (Attention, SkipLayerNorm, BiasGelu, ...); returns their counts.
 
     opt_level=0 runs only the Python fusions, not ORT's own provider-specific graph rewrites, so the
     saved graph runs on CPU and CUDA alike; the session applies its own optimisations at load.
     The fused EmbedLayerNormalization turns attention_mask into per-row lengths, so batches must be
-    right-padded (as model_export.data.pad_batch and the service do); validate.py checks padded batches.
+    right-padded (as app.engine.windows.pad_batch does); validate.py checks padded batches.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    options = FusionOptions("bert")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    family = fusion_model_type(info.model_type)
+    if family is None:
+        log.warning("no ONNX Runtime fusions for %s; model.onnx is the exported graph as it is", info.model_type)
+        shutil.copyfile(src, dst)
+        return {}
+    options = FusionOptions(family)
     # exact Gelu: the tanh approximation would move logits further than the fp32 tolerance allows
     options.enable_gelu_approximation = False
     optimized = optimize_model(
         str(src),
-        model_type="bert",
-        num_heads=num_heads,
-        hidden_size=hidden_size,
+        model_type=family,
+        num_heads=info.num_heads,
+        hidden_size=info.hidden_size,
         optimization_options=options,
         opt_level=0,
     )
-    log.info("fused operators: %s", optimized.get_fused_operator_statistics())
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    fused = {op: int(n) for op, n in optimized.get_fused_operator_statistics().items() if n}
+    log.info("fused operators: %s", fused)
     optimized.save_model_to_file(str(dst), use_external_data_format=False)
-    return dst
+    return fused
 
 
 def to_fp16(src: Path, dst: Path) -> Path:
@@ -165,28 +194,37 @@ def to_fp16(src: Path, dst: Path) -> Path:
     return dst
 
 
-def export_all(model_dir: Path, out_dir: Path, fp16: bool = True, opset: int = OPSET) -> dict[str, Path]:
-    """model.raw.onnx (as traced) -> model.onnx (fused fp32) [-> model.fp16.onnx]; writes export.json beside them."""
+def export_all(
+    model_dir: str | Path, out_dir: Path, fp16: bool = True, opset: int | None = None, model: Any = None
+) -> dict[str, Path]:
+    """model.raw.onnx (as exported) -> model.onnx (fused fp32) [-> model.fp16.onnx]; writes export.json beside them.
+
+    `model` is the already loaded checkpoint (load_qa_model), when the caller has it.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    qa = model if model is not None else load_qa_model(model_dir)
+    exported = out_dir / "optimum"
+    info = export_onnx(qa, exported, opset)
     raw = out_dir / "model.raw.onnx"
-    info = export_onnx(model_dir, raw, opset)
-    fp32 = optimize_onnx(raw, out_dir / "model.onnx", info.num_heads, info.hidden_size)
+    shutil.copyfile(exported / "model.onnx", raw)
+    info = ExportInfo(**{**asdict(info), "path": str(raw)})
+    fp32 = out_dir / "model.onnx"
+    fused = optimize_onnx(raw, fp32, info)
     files = {"fp32": fp32}
     if fp16:
         files["fp16"] = to_fp16(fp32, out_dir / "model.fp16.onnx")
-    tok = model_dir / "tokenizer.json"
-    if tok.is_file():
-        shutil.copy(tok, out_dir / "tokenizer.json")
     record = {
         **asdict(info),
         "path": fp32.name,
+        "exporter": "optimum-onnx onnx_export_from_model (task question-answering)",
         "source": str(model_dir),
+        "fused_operators": fused,
         "files": {k: v.name for k, v in files.items()},
     }
     (out_dir / "export.json").write_text(json.dumps(record, indent=2))
     return files
 
 
-def read_export_info(out_dir: Path) -> dict[str, object]:
+def read_export_info(out_dir: Path) -> dict[str, Any]:
     """The export.json written by `export_all`."""
     return json.loads((out_dir / "export.json").read_text())

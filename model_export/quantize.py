@@ -37,8 +37,57 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True, embeddings: bo
         # every float tensor here is fp32, so tell the quantizer instead of letting it guess
         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+    model = onnx.load(str(dst))
+    if sort_outer_scope(model.graph):
+        onnx.save(model, str(dst))
     log.info("int8: %s (%d bytes) from %s (%d bytes)", dst, dst.stat().st_size, src, src.stat().st_size)
     return dst
+
+
+def _outer_names(graph: object) -> set[str]:
+    """Names a subgraph reads from enclosing scopes (used but not produced or declared inside it)."""
+    produced = {i.name for i in graph.input} | {i.name for i in graph.initializer}  # type: ignore[attr-defined]
+    used: set[str] = set()
+    for node in graph.node:  # type: ignore[attr-defined]
+        produced.update(node.output)
+        used.update(n for n in node.input if n)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                used |= _outer_names(sub)
+    return used - produced
+
+
+def sort_outer_scope(graph: object) -> bool:
+    """Topologically sort the main graph counting values that If/Loop subgraphs read from it.
+
+    The quantizer inserts nodes without looking inside subgraphs (DeBERTa-v2's export has If nodes), so a
+    subgraph can end up reading a value produced after it: ONNX Runtime tolerates that, the ONNX checker
+    does not. Returns whether the order changed.
+    """
+    nodes = list(graph.node)  # type: ignore[attr-defined]
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer}  # type: ignore[attr-defined]
+    needs = []
+    for node in nodes:
+        inputs = {n for n in node.input if n}
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                inputs |= _outer_names(sub)
+        needs.append(inputs)
+    order: list[int] = []
+    done = [False] * len(nodes)
+    progress = True
+    while progress and len(order) < len(nodes):
+        progress = False
+        for i, node in enumerate(nodes):
+            if not done[i] and needs[i] <= available:
+                done[i] = progress = True
+                order.append(i)
+                available.update(node.output)
+    if len(order) < len(nodes) or order == list(range(len(nodes))):
+        return False  # a cycle or names from outside this graph: leave it to the checker to report
+    del graph.node[:]  # type: ignore[attr-defined]
+    graph.node.extend(nodes[i] for i in order)  # type: ignore[attr-defined]
+    return True
 
 
 def quantize_weight_only(

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,14 +82,16 @@ def make_batches(windows: list[Window], pad_id: int) -> list[dict[str, np.ndarra
 
 
 def torch_outputs(
-    model_dir: Path, batches: list[dict[str, np.ndarray]], input_names: list[str]
+    model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Reference logits from the PyTorch checkpoint (fp32, eval mode)."""
+    """Reference logits from the PyTorch checkpoint (a loaded model or its directory; fp32, eval mode)."""
     import torch
 
     from model_export.export import load_qa_model
 
-    model = load_qa_model(model_dir)
+    if isinstance(model, str | Path):
+        model = load_qa_model(model)
+    model.eval()
     out: list[tuple[np.ndarray, np.ndarray]] = []
     with torch.no_grad():
         for b in batches:
@@ -207,7 +210,7 @@ def validate_variant(
 
 
 def validate(
-    model_dir: Path,
+    model: Any,
     onnx_files: dict[str, Path],
     input_names: list[str],
     output_names: list[str],
@@ -216,14 +219,19 @@ def validate(
     max_query_length: int,
     pairs: Sequence[tuple[str, str]] | None = None,
     tolerances: dict[str, Tolerance] | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, object]:
-    """Validate every variant against the checkpoint; returns a JSON-able report (raises on failure)."""
+    """Validate every variant against the checkpoint (a loaded model or its directory); raises on failure.
+
+    `tokenizer` is the `tokenizers.Tokenizer` the bundle will ship; default: the checkpoint's tokenizer.json.
+    """
     from model_export.train import load_tokenizer
 
-    tokenizer = load_tokenizer(str(model_dir))
+    if tokenizer is None:
+        tokenizer = load_tokenizer(str(model))
     windows = validation_windows(tokenizer, list(pairs or SAMPLE_PAIRS), max_seq_length, doc_stride, max_query_length)
     batches = make_batches(windows, pad_token_id(tokenizer))
-    reference = torch_outputs(model_dir, batches, input_names)
+    reference = torch_outputs(model, batches, input_names)
     tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     variants = {
         precision: validate_variant(path, precision, batches, reference, input_names, output_names, tol[precision])

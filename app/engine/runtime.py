@@ -48,12 +48,15 @@ class OrtRuntime:
         self.provider = self.session.get_providers()[0]
         if providers == "cuda" and self.provider != CUDA:
             raise RuntimeError("QA_PROVIDERS=cuda but ONNX Runtime could not start CUDAExecutionProvider")
-        session_inputs = {i.name for i in self.session.get_inputs()}
-        missing = set(input_names) - session_inputs
+        graph_inputs = [i.name for i in self.session.get_inputs()]
+        missing = set(input_names) - set(graph_inputs)
         if missing:
             raise RuntimeError(f"{model_path}: manifest lists inputs {sorted(missing)} the graph does not have")
-        # feed only what the graph takes (some exports drop token_type_ids)
-        self.input_names = [n for n in input_names if n in session_inputs]
+        unfed = set(graph_inputs) - set(input_names)
+        if unfed:
+            raise RuntimeError(f"{model_path}: the graph takes {sorted(unfed)}, which the manifest does not list")
+        # feed exactly what the graph declares (XLM-R, RoBERTa and DistilBERT graphs take no token_type_ids)
+        self.input_names = graph_inputs
         self.output_names = output_names
         self._binding = self.session.io_binding() if self.provider == CUDA else None
         log.info("onnxruntime %s: %s with %d intra-op threads", ort.__version__, self.provider, intra_op_threads)

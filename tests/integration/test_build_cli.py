@@ -31,12 +31,37 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    "verb", ["import-base", "train", "evaluate", "score", "export", "quantize", "validate", "build"]
+    "verb", ["import-base", "train", "evaluate", "score", "export", "quantize", "validate", "build", "bundle"]
 )
 def test_every_verb_has_help(verb: str) -> None:
     r = run_cli(verb, "--help")
     assert r.returncode == 0, r.stderr
     assert "usage: python -m model_export " + verb in r.stdout
+
+
+def test_bundle_help_shows_a_worked_example() -> None:
+    out = run_cli("bundle", "--help").stdout
+    assert "example" in out and "python -m model_export bundle ./my-koelectra-qa --out models/my-qa" in out
+    assert "QA_MODEL_DIR=models/my-qa make serve" in out
+
+
+def test_build_rejects_a_typo_and_a_wrong_type(tmp_path: Path) -> None:
+    r = run_cli(
+        "build",
+        str(ROOT / "configs" / "tiny-smoke.toml"),
+        "--set",
+        "train.learnig_rate=0.1",
+        "--set",
+        'windows.doc_stride="32"',
+        "--work-dir",
+        str(tmp_path / "work"),
+    )
+    assert r.returncode == 2
+    assert (
+        "train.learnig_rate: unknown key" in r.stderr
+        and "windows.doc_stride: Input should be a valid integer" in r.stderr
+    )
+    assert not (tmp_path / "work").exists()
 
 
 def test_build_tiny_smoke_end_to_end(tmp_path: Path) -> None:

@@ -141,3 +141,26 @@ def test_bundle_size_budget_is_enforced(tiny_bundle: Path, tmp_path: Path) -> No
             max_bytes=100_000,
         )
     assert not (tmp_path / "big").exists() and not (tmp_path / "big.tmp").exists()
+
+
+def test_runtime_feeds_exactly_the_graph_inputs(tiny_bundle: Path) -> None:
+    from app.engine.runtime import OrtRuntime
+
+    runtime = OrtRuntime(tiny_bundle / "model.onnx", INPUTS, OUTPUTS, providers="cpu")
+    assert runtime.input_names == INPUTS
+    with pytest.raises(RuntimeError, match=r"the graph takes \['token_type_ids'\], which the manifest does not list"):
+        OrtRuntime(tiny_bundle / "model.onnx", INPUTS[:2], OUTPUTS, providers="cpu")
+    with pytest.raises(RuntimeError, match=r"manifest lists inputs \['position_ids'\]"):
+        OrtRuntime(tiny_bundle / "model.onnx", [*INPUTS, "position_ids"], OUTPUTS, providers="cpu")
+
+
+def test_no_torchscript_export_in_our_code() -> None:
+    """Exports go through optimum's exporter (which runs its own checks); our code calls no torch.onnx.export."""
+    root = Path(__file__).resolve().parents[2]
+    offenders = [
+        str(p.relative_to(root))
+        for d in ("model_export", "app", "tests", "bench", "scripts")
+        for p in (root / d).rglob("*.py")
+        if "torch.onnx" in p.read_text(encoding="utf-8") and p.name != "test_export.py"
+    ]
+    assert offenders == []

@@ -52,26 +52,26 @@ def make_marker_model(tiny_hf_dir: Path, out_dir: Path, marker: str = MARKER) ->
         head.bias.zero_()
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
-    (out_dir / "tokenizer.json").write_bytes((Path(tiny_hf_dir) / "tokenizer.json").read_bytes())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (out_dir / name).write_bytes((Path(tiny_hf_dir) / name).read_bytes())
     return out_dir
 
 
 def build_marker_bundle(work: Path, tiny_hf_dir: Path) -> Path:
-    from model_export.bundle import build_bundle_from_model
+    from model_export.pipeline import bundle_checkpoint
 
     hf = make_marker_model(tiny_hf_dir, work / "marker-hf")
-    return build_bundle_from_model(
+    return bundle_checkpoint(
         hf,
         work / "marker-bundle",
-        work_dir=work / "marker-onnx",
+        work_dir=work / "marker-work",
+        variants=("fp32", "int8"),
+        windows={"max_seq_length": MAX_SEQ_LENGTH, "doc_stride": DOC_STRIDE, "max_query_length": MAX_QUERY_LENGTH},
+        # non-marker logits are exact ties, so argmax agreement means nothing here; values must still match
+        tolerances={"fp32": {"min_argmax_agreement": 0.0}, "int8": {"atol": 5.0, "min_argmax_agreement": 0.0}},
         name="tiny-marker-bert",
         languages=["ko", "en"],
         base_model="tiny random BERT rewired to point at one marker token (tests/support/marker_model.py)",
-        max_seq_length=MAX_SEQ_LENGTH,
-        doc_stride=DOC_STRIDE,
-        max_query_length=MAX_QUERY_LENGTH,
-        variants=("fp32", "int8"),
-        # non-marker logits are exact ties, so argmax agreement means nothing here; values must still match
-        tolerances={"fp32": {"min_argmax_agreement": 0.0}, "int8": {"atol": 5.0, "min_argmax_agreement": 0.0}},
+        local_files_only=True,
         command="tests/support/marker_model.py build_marker_bundle",
     )

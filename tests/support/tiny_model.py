@@ -77,32 +77,34 @@ def build_tiny_hf_model(out_dir: Path, seed: int = SEED) -> Path:
     config = BertConfig(vocab_size=tok.get_vocab_size(), pad_token_id=tok.token_to_id("[PAD]"), **TINY_CONFIG)
     model = BertForQuestionAnswering(config)
     model.save_pretrained(str(out_dir), safe_serialization=True)
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizerFast"}))
+    # cased, accents kept: transformers would otherwise rebuild the normalizer with its BERT defaults
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizerFast", "do_lower_case": False, "strip_accents": False})
+    )
     return out_dir
 
 
 def build_tiny_bundle(out_dir: Path, hf_dir: Path | None = None) -> Path:
-    """Tiny HF model -> the real export, quantize, validate and bundle code -> `out_dir/bundle`.
+    """Tiny HF model -> the real `bundle` pipeline (export, quantize, validate, bundle) -> `out_dir/bundle`.
 
     Layout others rely on: out_dir/hf (the checkpoint), out_dir/onnx (export work files), out_dir/bundle.
     """
-    from model_export.bundle import build_bundle_from_model
+    from model_export.pipeline import bundle_checkpoint
 
     out_dir = Path(out_dir)
     hf = hf_dir if hf_dir is not None else build_tiny_hf_model(out_dir / "hf")
-    return build_bundle_from_model(
+    return bundle_checkpoint(
         hf,
         out_dir / "bundle",
-        work_dir=out_dir / "onnx",
+        work_dir=out_dir,
+        variants=("fp32", "int8"),
+        windows={"max_seq_length": MAX_SEQ_LENGTH, "doc_stride": DOC_STRIDE, "max_query_length": MAX_QUERY_LENGTH},
+        # random weights: its logits are near-ties, so argmax agreement says little; values still must match
+        tolerances={"int8": {"atol": 0.05, "min_argmax_agreement": 0.0}},
         name="tiny-random-bert",
         languages=["ko", "en"],
         base_model=f"tiny-random-bert (tests/support/tiny_model.py, seed {SEED})",
-        max_seq_length=MAX_SEQ_LENGTH,
-        doc_stride=DOC_STRIDE,
-        max_query_length=MAX_QUERY_LENGTH,
-        variants=("fp32", "int8"),
-        # random weights: its logits are near-ties, so argmax agreement says little; values still must match
-        tolerances={"int8": {"atol": 0.05, "min_argmax_agreement": 0.0}},
+        local_files_only=True,
         command="tests/support/tiny_model.py build_tiny_bundle",
     )
 

@@ -4,7 +4,6 @@ import argparse
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import SimpleNamespace
 from typing import ClassVar
 
 import numpy as np
@@ -19,7 +18,6 @@ from model_export.evaluate import (
     WindowPredictor,
     WindowSettings,
     evaluate_predictor,
-    ort_logits_fn,
 )
 
 FILLER = ["조선", "시대의", "학자들은", "여러", "책을", "펴냈다."]
@@ -135,30 +133,6 @@ def test_manifest_scores(local):
         ("squad", "int8", len(examples), 100.0),
         ("korquad", "int8", len(examples), 100.0),
     ]
-
-
-def test_ort_logits_fn_feeds_only_the_manifest_inputs():
-    seen = {}
-
-    class FakeSession:
-        def get_inputs(self):
-            return [
-                SimpleNamespace(name="input_ids", type="tensor(int64)"),
-                SimpleNamespace(name="attention_mask", type="tensor(int32)"),
-            ]
-
-        def run(self, outputs, feed):
-            seen.update({k: v.dtype for k, v in feed.items()})
-            shape = feed["input_ids"].shape
-            return [np.ones(shape, np.float16), np.zeros(shape, np.float16)]
-
-    run = ort_logits_fn(FakeSession(), ["input_ids", "attention_mask"], ["start_logits", "end_logits"])
-    batch = {k: np.zeros((2, 8), np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    start, end = run(batch)
-    assert seen == {"input_ids": np.int64, "attention_mask": np.int32}
-    assert start.dtype == end.dtype == np.float32
-    with pytest.raises(evaluate.BundleError, match="token_type_ids"):
-        ort_logits_fn(FakeSession(), ["input_ids", "token_type_ids"], ["start_logits", "end_logits"])
 
 
 class _FakeService(BaseHTTPRequestHandler):

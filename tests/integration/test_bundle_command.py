@@ -1,0 +1,255 @@
+"""`python -m model_export bundle MODEL --out DIR` on a tiny checkpoint of each architecture, then the real service."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+
+from app.engine.bundle import read_manifest, verify_bundle
+from app.main import create_app
+from app.settings import Settings
+from model_export import evaluate
+from model_export.__main__ import main
+from model_export.data import load_squad
+from tests.support.tiny_archs import ARCHS, build_checkpoint
+from tests.support.tiny_model import KORQUAD_DEV
+
+WINDOW_FLAGS = ["--max-seq-length", "96", "--doc-stride", "24", "--max-query-length", "24"]
+WINDOWS = {"max_seq_length": 96, "doc_stride": 24, "max_query_length": 24}
+WITH_TYPES = ["input_ids", "attention_mask", "token_type_ids"]
+NO_TYPES = ["input_ids", "attention_mask"]
+# what each architecture's graph declares; the service must feed exactly these
+EXPECTED_INPUTS = {
+    "bert": WITH_TYPES,
+    "mbert": WITH_TYPES,
+    "electra": WITH_TYPES,
+    "deberta-v2": WITH_TYPES,
+    "xlm-roberta": NO_TYPES,
+    "roberta": NO_TYPES,
+    "distilbert": NO_TYPES,
+}
+ENGLISH = (
+    "Who designed the tower?",
+    "The Eiffel Tower is a wrought-iron lattice tower in Paris. It was designed by Gustave Eiffel's company "
+    "and completed in 1889 for the World's Fair.",
+)
+
+
+def korean_pair() -> tuple[str, str]:
+    """A training-split question with its paragraph: several windows of 96 tokens."""
+    e = next(iter(load_squad(KORQUAD_DEV, "0:1")))
+    return e.question, e.context
+
+
+def wait_ready(client: TestClient) -> None:
+    deadline = time.monotonic() + 60
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").text
+        time.sleep(0.05)
+
+
+def bundle(ckpt: Path, out: Path, *extra: str) -> int:
+    return main(["bundle", str(ckpt), "--out", str(out), *WINDOW_FLAGS, "--offline", *extra])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bundle_command_makes_a_bundle_the_service_serves(arch: str, tmp_path: Path) -> None:
+    ckpt = build_checkpoint(arch, tmp_path / "ckpt")
+    out = tmp_path / "bundle"
+    assert bundle(ckpt, out, "--languages", "ko", "en") == 0
+
+    m = verify_bundle(out)
+    assert m.variants == {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+    assert m.input_names == EXPECTED_INPUTS[arch], "input names come from the exported graph"
+    for name in m.variants.values():
+        session = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == m.input_names
+    assert (m.max_seq_length, m.doc_stride, m.max_query_length) == (96, 24, 24)
+    assert m.command.startswith(f"python -m model_export bundle {ckpt} --out {out}")
+    assert m.model_extra["model_type"] == ("bert" if arch == "mbert" else arch)  # type: ignore[index]
+    report = m.validation["variants"]
+    for variant in ("fp32", "int8"):
+        assert report[variant]["numerically_validated"], report[variant]  # type: ignore[index]
+    assert report["fp32"]["max_abs_diff"] <= 1e-4  # type: ignore[index]
+    # the windowing template is the checkpoint's own: RoBERTa-style <s> q </s></s> c </s>, or [CLS] q [SEP] c [SEP]
+    tok = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    assert tok["truncation"] is None and tok["padding"] is None
+
+    pairs = [korean_pair(), ENGLISH]
+    reference = evaluate.open_predictor(str(ckpt), threads=1, windows=WINDOWS)[0].predict(pairs, 5, 30)
+    for variant in ("fp32", "auto"):
+        settings = Settings(model_dir=out, model_variant=variant, intra_op_threads=1)
+        with TestClient(create_app(settings)) as client:
+            wait_ready(client)
+            info = client.get("/v1/models").json()["data"][0]
+            assert info["precision"] == ("fp32" if variant == "fp32" else "int8")
+            for (question, context), ref in zip(pairs, reference, strict=True):
+                r = client.post("/answer", json={"question": question, "context": context, "top_k": 5})
+                assert r.status_code == 200, r.text
+                body = r.json()
+                answers = body["answers"]
+                assert answers
+                for a in answers:
+                    assert 0 <= a["start"] < a["end"] <= len(context)
+                    assert context[a["start"] : a["end"]] == a["text"]
+                if question == pairs[0][0]:
+                    assert body["windows"] > 1
+                if variant == "fp32":
+                    # the served fp32 graph decodes to PyTorch's spans, with PyTorch's scores
+                    ours = {(a["start"], a["end"]): a["score"] for a in answers}
+                    theirs = {(s.start, s.end): s.score for s in ref}
+                    common = sorted(set(ours) & set(theirs))
+                    assert common
+                    np.testing.assert_allclose([ours[k] for k in common], [theirs[k] for k in common], atol=1e-4)
+                    if len(ref) < 2 or ref[0].score - ref[1].score > 1e-3:
+                        assert (answers[0]["start"], answers[0]["end"]) == (ref[0].start, ref[0].end)
+
+
+def test_bundle_scores_with_eval_data(tmp_path: Path) -> None:
+    ckpt = build_checkpoint("xlm-roberta", tmp_path / "ckpt")
+    out = tmp_path / "bundle"
+    flags = ["--variants", "fp32", "int8", "--eval-data", str(KORQUAD_DEV), "--eval-articles", "0:1"]
+    assert bundle(ckpt, out, *flags, "--eval-max-examples", "4", "--threads", "1") == 0
+    m = verify_bundle(out)
+    assert {(s.variant, s.metric) for s in m.scores} == {(v, k) for v in ("fp32", "int8") for k in ("korquad", "squad")}
+    assert all(s.n == 4 and s.dataset == "KorQuAD_v1.0_dev" and "0:1" in s.split for s in m.scores)
+    predictions = json.loads((tmp_path / "bundle.work" / "eval-int8" / "predictions.json").read_text())
+    assert len(predictions) == 4
+
+
+# ---------------------------------------------------------------- errors a user can act on
+
+
+def test_checkpoint_without_qa_head_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = build_checkpoint("bert", tmp_path / "ckpt", head=False)
+    assert bundle(ckpt, tmp_path / "bundle") == 1
+    err = capsys.readouterr().err
+    assert "no question-answering head" in err and "BertModel" in err
+    assert "*ForQuestionAnswering checkpoint" in err and "model_export train" in err
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_unsupported_model_type_lists_the_supported_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from transformers import ErnieConfig, ErnieForQuestionAnswering
+
+    torch.manual_seed(0)
+    cfg = ErnieConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ErnieForQuestionAnswering(cfg).save_pretrained(tmp_path / "ckpt")
+    assert bundle(tmp_path / "ckpt", tmp_path / "bundle") == 1
+    err = capsys.readouterr().err
+    assert "'ernie' is not supported by the optimum-onnx exporter" in err
+    assert "bert" in err and "xlm-roberta" in err and "deberta-v2" in err and "distilbert" in err
+
+
+def test_tokenizer_without_a_fast_version_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = build_checkpoint("bert", tmp_path / "ckpt")
+    for f in ckpt.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            f.unlink()
+    # CTRL's tokenizer exists only in Python: no offsets
+    (ckpt / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "ab": 2, "<unk>": 3}))
+    (ckpt / "merges.txt").write_text("#version: 0.2\na b\n")
+    (ckpt / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CTRLTokenizer"}))
+    assert bundle(ckpt, tmp_path / "bundle") == 1
+    err = capsys.readouterr().err
+    assert "CTRLTokenizer has no fast (Rust) version" in err and "character offsets" in err
+
+
+def test_missing_tokenizer_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = build_checkpoint("electra", tmp_path / "ckpt")
+    for f in ckpt.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            f.unlink()
+    assert bundle(ckpt, tmp_path / "bundle") == 1
+    assert "cannot load its tokenizer" in capsys.readouterr().err
+
+
+def test_validation_failure_exits_non_zero_with_the_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = build_checkpoint("distilbert", tmp_path / "ckpt")
+    tight = json.dumps({"int8": {"atol": 1e-6}})
+    assert bundle(ckpt, tmp_path / "bundle", "--tolerances", tight) == 1
+    err = capsys.readouterr().err
+    assert "validation FAILED: model.int8.onnx (int8) vs PyTorch: max |diff|" in err and "> atol 1e-06" in err
+    assert "--tolerances" in err and not (tmp_path / "bundle").exists()
+
+
+def test_bad_variant_flag_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bundle(tmp_path, tmp_path / "bundle", "--variants", "int4") == 2
+    assert "int4" in capsys.readouterr().err
+
+
+def test_tampered_bundle_from_the_command_is_refused_by_the_service(tmp_path: Path) -> None:
+    ckpt = build_checkpoint("roberta", tmp_path / "ckpt")
+    out = tmp_path / "bundle"
+    assert bundle(ckpt, out, "--variants", "fp32") == 0
+    copy = Path(shutil.copytree(out, tmp_path / "copy"))
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    from app.engine.bundle import BundleError
+
+    with pytest.raises(BundleError, match="sha256"):
+        create_app(Settings(model_dir=copy, intra_op_threads=1))
+    assert read_manifest(out).variants == {"fp32": "model.onnx"}
+
+
+@pytest.mark.slow
+def test_one_command_then_serve_xlm_r_over_http(tmp_path: Path) -> None:
+    """As a user runs it: `python -m model_export bundle` in a process, then `python -m app` on its output.
+
+    XLM-R's graph takes no token_type_ids, so this also checks that warmup and batches feed only what it declares.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.integration.test_uvicorn import REPO, call, free_port, start
+
+    ckpt = build_checkpoint("xlm-roberta", tmp_path / "ckpt")
+    out = tmp_path / "bundle"
+    r = subprocess.run(
+        [sys.executable, "-m", "model_export", "bundle", str(ckpt), "--out", str(out), *WINDOW_FLAGS, "--offline"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == str(out)
+
+    port = free_port()
+    proc = start({"QA_MODEL_DIR": str(out), "QA_PORT": str(port)})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                if call(base + "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "server never became ready"
+            time.sleep(0.1)
+        question, context = korean_pair()
+        status, body = call(base + "/answer", {"question": question, "context": context, "top_k": 3})
+        assert status == 200, body
+        assert body["windows"] > 1 and body["answers"]
+        assert all(context[a["start"] : a["end"]] == a["text"] for a in body["answers"])
+        status, body = call(base + "/v1/models")
+        assert body["data"][0]["precision"] == "int8" and body["data"][0]["name"] == "ckpt"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        log = proc.communicate(timeout=30)[0].decode()
+    assert "ready on CPUExecutionProvider" in log, log[-2000:]
