@@ -52,7 +52,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         driver.quit()
 
 
-def wait_for(driver: Any, condition: Any, timeout: float = 20.0) -> Any:
+def wait_for(driver: Any, condition: Any, timeout: float = 30.0) -> Any:
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout).until(condition)
@@ -76,10 +76,11 @@ def ask(driver: Any, top_k: int = 1, no_answer: bool = False) -> dict[str, Any]:
     box = driver.find_element(By.ID, "no-answer")
     if box.is_selected() != no_answer:
         box.click()
-    before = driver.find_element(By.ID, "status").text
+    # cleared here, so any text other than the progress note is this request's outcome (two outcomes can
+    # read the same, e.g. "1 answer(s) ... 5 ms", so comparing with the previous text could wait forever)
     driver.execute_script("document.getElementById('status').textContent = ''")
     driver.find_element(By.ID, "submit").click()
-    wait_for(driver, lambda d: d.find_element(By.ID, "status").text not in ("", "Answering…", before))
+    wait_for(driver, lambda d: d.find_element(By.ID, "status").text not in ("", "Answering…"))
     return driver.execute_script(
         """
         const rows = [...document.querySelectorAll('#answers tbody tr')].map(
