@@ -166,9 +166,14 @@ class Batcher(Generic[W]):
         return self._queued
 
     # --- producer side ---
-    def submit(self, windows: Sequence[W], timeout_s: float) -> asyncio.Future[list[Logits]]:
+    def submit(
+        self, windows: Sequence[W], timeout_s: float, deadline_s: float | None = None
+    ) -> asyncio.Future[list[Logits]]:
         """Queue one request's windows; the future resolves to their logits, in order.
 
+        `timeout_s` is what is left of the request's time, `deadline_s` the whole configured deadline
+        (default: the same): more work than the whole deadline can never run (422), while more than
+        what is left only means the request waited too long before it got here (429).
         Raises at once, queueing nothing, when the request is refused.
         """
         if self.closed is not None:
@@ -180,10 +185,16 @@ class Batcher(Generic[W]):
             )
         widths = [padded_width(len(w), self.pad_multiple) for w in windows]
         alone = self.cost.seconds(sum(widths))
-        if alone > timeout_s:
+        deadline_s = timeout_s if deadline_s is None else deadline_s
+        if alone > deadline_s:
             raise InputTooLarge(
                 f"the request needs about {alone:.1f}s of model time at the measured rate, more than the "
-                f"{timeout_s:.1f}s left before its deadline (QA_REQUEST_TIMEOUT_S); send fewer or shorter contexts"
+                f"{deadline_s:g}s deadline (QA_REQUEST_TIMEOUT_S); send fewer or shorter contexts"
+            )
+        if alone > timeout_s:
+            raise Overloaded(
+                f"the request needs about {alone:.1f}s of model time and has {timeout_s:.1f}s left",
+                retry_after=self._drain_estimate(),
             )
         if self._queued + n > self.max_queue:
             raise Overloaded(

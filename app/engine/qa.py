@@ -119,10 +119,11 @@ class QAEngine:
             log.exception("model load failed")
 
     def _warmup(self) -> None:
-        # one short and one full-size batch: the first run of each shape pays for kernel selection
-        assert self.runtime is not None
+        # The first run of each shape pays for kernel selection: run a short window, a full one, and the
+        # largest batch the scheduler will really build, which the measured cost decides. A batch that the
+        # time budget never allows would only push the peak RSS up (about 70 kB per padded token here).
+        assert self.runtime is not None and self.batcher is not None
         L = self.manifest.max_seq_length
-        n = max(1, min(self.settings.max_batch_windows, self.settings.max_batch_tokens // L))
 
         def run(rows: int, width: int) -> float:
             ids = np.full((rows, width), self.pad_id, dtype=np.int64)
@@ -134,11 +135,14 @@ class QAEngine:
             runtime.run({name: dummy[name] for name in runtime.input_names})
             return time.perf_counter() - t0
 
-        for rows, width in ((1, PAD_MULTIPLE), (n, L), (1, L)):
-            run(rows, width)
+        run(1, PAD_MULTIPLE)
+        run(1, L)
         # admission control needs a cost estimate before the first request: time a warm full window
-        assert self.batcher is not None
         self.batcher.cost.observe(min(run(1, L) for _ in range(2)), L)
+        by_time = self.batcher.max_batch_s / max(self.batcher.cost.seconds(L), 1e-9)
+        n = int(max(1, min(self.settings.max_batch_windows, self.settings.max_batch_tokens // L, by_time)))
+        if n > 1:
+            run(n, L)
 
     async def stop(self) -> None:
         if self._load_task is not None and not self._load_task.done():
@@ -282,8 +286,9 @@ class QAEngine:
         # All inputs are valid: only now does any of them reach the model, and all of them or none. One
         # submit for the whole body, so it is admitted (or refused) as a whole and resolves as one future.
         budget = self.settings.request_timeout_s - (time.perf_counter() - t0)
+        windows = [w for passages in per_job for ws in passages for w in ws]
         try:
-            future = self.batcher.submit([w for passages in per_job for ws in passages for w in ws], budget)
+            future = self.batcher.submit(windows, budget, self.settings.request_timeout_s)
         except InputTooLarge as e:
             e.field = ("items",) if len(jobs) > 1 else jobs[0].group_field
             raise

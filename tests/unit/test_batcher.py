@@ -175,6 +175,9 @@ async def test_requests_that_cannot_meet_their_deadline_are_refused_or_dropped()
     with pytest.raises(Overloaded) as refused:
         b.submit([Win(10)] * 3, 5)  # 3 s of its own + 3 s of fair share behind `first`
     assert refused.value.retry_after == pytest.approx(4.0)
+    # work that fits the whole deadline but not what is left of it waited too long elsewhere: 429, not 422
+    with pytest.raises(Overloaded, match="left"):
+        b.submit([Win(10)] * 2, 1.5, 5)
     assert b.queued_windows == 4
     # a queued request whose next window no longer fits its deadline is failed, not computed
     b.cost.observe(1000.0, 10)
