@@ -223,6 +223,27 @@ async def soak(base: str, pid: int, requests: int, concurrency: int, warmup: int
     }
 
 
+def plot_rss(result: dict[str, object], path: Path, command: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rss = list(result["rss_mb_every_100"])  # type: ignore[call-overload]
+    x = [100 * i for i in range(len(rss))]
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    ax.plot(x, rss, marker="o", markersize=3, label="server RSS")
+    ax.axhline(float(result["rss_mb_after_warmup"]), color="grey", linestyle="--", linewidth=1, label="after warmup")  # type: ignore[arg-type]
+    ax.set_xlabel("requests served")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_ylim(0, max(rss) * 1.15)
+    ax.set_title(f"Soak: {result['requests']} KorQuAD requests at concurrency {result['concurrency']}", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.text(0.01, 0.01, command, fontsize=7, color="grey")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("experiment", choices=["hol", "overload", "soak"])
@@ -232,6 +253,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="soak: requests")
     ap.add_argument("--concurrency", type=int, default=4, help="soak: concurrent clients")
     ap.add_argument("--warmup", type=int, default=200, help="soak: requests before the RSS baseline")
+    ap.add_argument("--plot", type=Path, default=None, help="soak: also draw RSS over requests into this PNG")
     args = ap.parse_args()
     if args.experiment == "hol":
         with server({}, args.model_dir) as (_, base):
@@ -244,6 +266,8 @@ def main() -> None:
         with server({}, args.model_dir) as (proc, base):
             result = asyncio.run(soak(base, proc.pid, args.requests, args.concurrency, args.warmup))
     command = " ".join(["python", *sys.argv])
+    if args.experiment == "soak" and args.plot is not None:
+        plot_rss(result, args.plot, command)
     print(json.dumps({"experiment": args.experiment, "command": command, **result}, ensure_ascii=False))
 
 

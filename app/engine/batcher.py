@@ -38,15 +38,20 @@ class CostModel:
     def __init__(self, alpha: float = 0.2) -> None:
         self.alpha = alpha
         self.per_token: float | None = None  # unknown until the first batch (warmup measures one)
+        self.fastest: float | None = None  # the best rate seen: what an idle engine manages
 
     def observe(self, seconds: float, tokens: int) -> None:
         if tokens <= 0 or seconds <= 0:
             return
         rate = seconds / tokens
         self.per_token = rate if self.per_token is None else (1 - self.alpha) * self.per_token + self.alpha * rate
+        self.fastest = rate if self.fastest is None else min(self.fastest, rate)
 
     def seconds(self, tokens: float) -> float:
         return 0.0 if self.per_token is None else self.per_token * tokens
+
+    def idle_seconds(self, tokens: float) -> float:
+        return 0.0 if self.fastest is None else self.fastest * tokens
 
 
 @dataclass(eq=False)
@@ -59,6 +64,12 @@ class _Job(Generic[W]):
     results: list[Logits | None] = field(default_factory=list)
     next: int = 0  # first window not yet scheduled
     remaining: int = 0  # windows without a result yet
+    joined: int = 0  # the scheduling round current when the job arrived
+
+    @property
+    def round(self) -> int:
+        """The round its next window belongs to: one window per job per round, newcomers join the current one."""
+        return self.joined + self.next
 
     @property
     def tokens_left(self) -> int:
@@ -73,9 +84,9 @@ class Batcher(Generic[W]):
     """One asyncio task owns the queue; callers only append and await a future, so no lock is needed.
 
     Scheduling, one batch at a time so that new arrivals join the very next batch:
-    - least-served first (fewest windows already scheduled), then earliest deadline, one window per
-      request per pass: a request with 200 windows cannot hold back one with a single window, even
-      when a batch holds only one window (no head-of-line blocking);
+    - fair queuing in rounds: each waiting request gets one window per round, a newcomer joins the
+      current round, and ties go to the earliest deadline. A request with 200 windows cannot hold
+      back one with a single window, and a steady stream of small requests cannot starve it either;
     - a batch stops growing at the window budget, the padded-token budget, or when its estimated
       run time would pass `max_batch_s`, which bounds how long a newcomer waits for a free engine;
     - a request whose next window cannot finish before its deadline is failed at once instead of
@@ -107,6 +118,7 @@ class Batcher(Generic[W]):
         self.cost = CostModel()
         self._jobs: list[_Job[W]] = []  # jobs with windows not yet scheduled
         self._queued = 0  # unscheduled windows over all jobs
+        self._round = 0  # the latest round a scheduled window belonged to
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._busy_since: float | None = None
@@ -184,12 +196,15 @@ class Batcher(Generic[W]):
                 f"the request needs {n} windows; the queue holds at most {self.max_queue} (QA_MAX_QUEUE_WINDOWS)"
             )
         widths = [padded_width(len(w), self.pad_multiple) for w in windows]
-        alone = self.cost.seconds(sum(widths))
+        tokens = sum(widths)
+        alone = self.cost.seconds(tokens)
         deadline_s = timeout_s if deadline_s is None else deadline_s
-        if alone > deadline_s:
+        # "never" is judged at the best rate seen, so a busy moment does not turn a 429 into a 422
+        if self.cost.idle_seconds(tokens) > deadline_s:
             raise InputTooLarge(
-                f"the request needs about {alone:.1f}s of model time at the measured rate, more than the "
-                f"{deadline_s:g}s deadline (QA_REQUEST_TIMEOUT_S); send fewer or shorter contexts"
+                f"the request needs about {self.cost.idle_seconds(tokens):.1f}s of model time even on an idle "
+                f"server, more than the {deadline_s:g}s deadline (QA_REQUEST_TIMEOUT_S); send fewer or shorter "
+                "contexts"
             )
         if alone > timeout_s:
             raise Overloaded(
@@ -208,7 +223,7 @@ class Batcher(Generic[W]):
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        job: _Job[W] = _Job(windows, widths, now + timeout_s, loop.create_future(), now, [None] * n, 0, n)
+        job: _Job[W] = _Job(windows, widths, now + timeout_s, loop.create_future(), now, [None] * n, 0, n, self._round)
         if not windows:
             job.future.set_result([])
             return job.future
@@ -255,31 +270,26 @@ class Batcher(Generic[W]):
         self.metrics.queue_depth.set(self._queued)
 
     def _next_batch(self) -> list[tuple[_Job[W], int]]:
-        """Least-served, then earliest-deadline first, one window per job per pass, under the budgets."""
-        self._jobs.sort(key=lambda j: (j.next, j.deadline))
+        """Fair queuing: window by window, the job whose next window has the lowest round, then deadline."""
         batch: list[tuple[_Job[W], int]] = []
         width = 0
-        full = False
-        while not full:
-            added = False
-            for job in self._jobs:
-                if not job.unscheduled:
-                    continue
-                new_width = max(width, job.widths[job.next])
-                size = len(batch) + 1
-                if batch and (
-                    size > self.max_windows
-                    or new_width * size > self.max_tokens
-                    or self.cost.seconds(new_width * size) > self.max_batch_s
-                ):
-                    full = True
-                    break
-                batch.append((job, job.next))
-                job.next += 1
-                width = new_width
-                added = True
-            if not added:
+        while True:
+            waiting = [j for j in self._jobs if j.unscheduled]
+            if not waiting:
                 break
+            job = min(waiting, key=lambda j: (j.round, j.deadline))
+            new_width = max(width, job.widths[job.next])
+            size = len(batch) + 1
+            if batch and (
+                size > self.max_windows
+                or new_width * size > self.max_tokens
+                or self.cost.seconds(new_width * size) > self.max_batch_s
+            ):
+                break
+            batch.append((job, job.next))
+            self._round = max(self._round, job.round)
+            job.next += 1
+            width = new_width
         self._jobs = [j for j in self._jobs if j.unscheduled]
         self._queued -= len(batch)
         self.metrics.queue_depth.set(self._queued)

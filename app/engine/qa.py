@@ -24,7 +24,7 @@ from app.engine.errors import (
     ShuttingDown,
 )
 from app.engine.interface import Health, QARequest, QAResult, ReadRequest
-from app.engine.runtime import OrtRuntime, cuda_available
+from app.engine.runtime import HeapTrimmer, OrtRuntime, cuda_available
 from app.engine.spans import PassageLogits, decode_passages
 from app.engine.windows import NoTokens, Window, encode_pairs, make_windows, pad_batch, pad_token_id
 from app.metrics import Metrics
@@ -68,6 +68,8 @@ class QAEngine:
         self._load_error: str | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._draining = False
+        # more than one full window's activations is worth handing back to the OS
+        self.trimmer = HeapTrimmer(min_tokens=self.manifest.max_seq_length + 1)
 
     # --- lifecycle ---
     @property
@@ -143,6 +145,7 @@ class QAEngine:
         n = int(max(1, min(self.settings.max_batch_windows, self.settings.max_batch_tokens // L, by_time)))
         if n > 1:
             run(n, L)
+            self.trimmer.after_batch(n * L)
 
     async def stop(self) -> None:
         if self._load_task is not None and not self._load_task.done():
@@ -209,7 +212,9 @@ class QAEngine:
 
     def _infer(self, windows: list[Window]) -> list[Logits]:
         assert self.runtime is not None
-        start, end = self.runtime.run(pad_batch(windows, self.pad_id, PAD_MULTIPLE))
+        batch = pad_batch(windows, self.pad_id, PAD_MULTIPLE)
+        start, end = self.runtime.run(batch)
+        self.trimmer.after_batch(batch["input_ids"].size)
         return [(start[i, : len(w)], end[i, : len(w)]) for i, w in enumerate(windows)]
 
     async def answer(self, requests: list[QARequest], cancelled: asyncio.Event | None = None) -> list[QAResult]:

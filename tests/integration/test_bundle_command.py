@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from app.settings import Settings
 from model_export import evaluate
 from model_export.__main__ import main
 from model_export.data import load_squad
+from tests.integration.test_service import wait_ready
 from tests.support.tiny_archs import ARCHS, build_checkpoint
 from tests.support.tiny_model import KORQUAD_DEV
 
@@ -46,13 +46,6 @@ def korean_pair() -> tuple[str, str]:
     """A training-split question with its paragraph: several windows of 96 tokens."""
     e = next(iter(load_squad(KORQUAD_DEV, "0:1")))
     return e.question, e.context
-
-
-def wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 60
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/readyz").text
-        time.sleep(0.05)
 
 
 def bundle(ckpt: Path, out: Path, *extra: str) -> int:
@@ -213,6 +206,7 @@ def test_one_command_then_serve_xlm_r_over_http(tmp_path: Path) -> None:
     import sys
 
     from tests.integration.test_uvicorn import REPO, call, free_port, start
+    from tests.integration.test_uvicorn import wait_ready as wait_server_ready
 
     ckpt = build_checkpoint("xlm-roberta", tmp_path / "ckpt")
     out = tmp_path / "bundle"
@@ -232,16 +226,7 @@ def test_one_command_then_serve_xlm_r_over_http(tmp_path: Path) -> None:
     proc = start({"QA_MODEL_DIR": str(out), "QA_PORT": str(port)})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                if call(base + "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.1)
+        wait_server_ready(proc, base)
         question, context = korean_pair()
         status, body = call(base + "/answer", {"question": question, "context": context, "top_k": 3})
         assert status == 200, body

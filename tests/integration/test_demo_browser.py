@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_service import FILLER
-from tests.integration.test_uvicorn import call, free_port, start
+from tests.integration.test_uvicorn import free_port, start, wait_ready
 from tests.support.browser import BrowserMissing, chromium_driver
 from tests.support.marker_model import MARKER
 
@@ -24,16 +23,7 @@ def server(marker_bundle: Path) -> Iterator[str]:
     proc = start({"QA_MODEL_DIR": str(marker_bundle), "QA_PORT": str(port), "QA_MODEL_VARIANT": "fp32"})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                if call(base + "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.1)
+        wait_ready(proc, base)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -167,8 +157,6 @@ def test_demo_page_many_passages_long_text_and_no_html(server, browser):
 
 def test_demo_page_asks_for_the_api_key_when_the_server_needs_one(marker_bundle, browser):
     from selenium.webdriver.common.by import By
-
-    from tests.integration.test_uvicorn import wait_ready
 
     port = free_port()
     proc = start({"QA_MODEL_DIR": str(marker_bundle), "QA_PORT": str(port), "QA_API_KEY": "demo-key-123"})

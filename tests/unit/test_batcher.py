@@ -179,8 +179,11 @@ async def test_requests_that_cannot_meet_their_deadline_are_refused_or_dropped()
     with pytest.raises(Overloaded, match="left"):
         b.submit([Win(10)] * 2, 1.5, 5)
     assert b.queued_windows == 4
-    # a queued request whose next window no longer fits its deadline is failed, not computed
+    # a busy spell slows the measured rate: what an idle engine could do in time is then a 429, not a 422
     b.cost.observe(1000.0, 10)
+    with pytest.raises(Overloaded):
+        b.submit([Win(10)] * 4, 5)
+    # and a queued request whose next window no longer fits its deadline is failed, not computed
     b.start()
     with pytest.raises(DeadlineExceeded, match="cannot finish before the deadline"):
         await first
@@ -228,7 +231,7 @@ async def test_closed_batcher_refuses_new_work_and_fail_all_answers_the_rest():
         await waiting
 
 
-async def test_least_served_request_goes_first_even_with_one_window_per_batch():
+async def test_newcomer_joins_the_current_round_even_with_one_window_per_batch():
     infer = FakeInfer()
     infer.gate = threading.Event()
     b = make(infer, max_windows=1, max_delay_s=0)
@@ -240,4 +243,31 @@ async def test_least_served_request_goes_first_even_with_one_window_per_batch():
     await small
     assert [w.tag for batch in infer.batches[:2] for w in batch] == ["big", "small"]
     assert len(await big) == 10
+    await b.stop()
+
+
+def test_heap_trimmer_trims_after_large_batches_at_most_once_a_second():
+    from app.engine.runtime import HeapTrimmer
+
+    trimmer = HeapTrimmer(min_tokens=385)
+    calls: list[int] = []
+    trimmer._trim = calls.append  # type: ignore[assignment]
+    trimmer.after_batch(384)  # one window: nothing worth handing back
+    trimmer.after_batch(768)
+    trimmer.after_batch(768)  # within the interval
+    assert calls == [0]
+
+
+async def test_rounds_interleave_requests_and_newcomers_join_the_current_round():
+    infer = FakeInfer()
+    infer.gate = threading.Event()
+    b = make(infer, max_windows=1, max_delay_s=0)
+    a = b.submit([Win(4, "a")] * 3, 30)
+    c = b.submit([Win(4, "b")] * 3, 30)
+    b.start()
+    await asyncio.sleep(0.05)  # a's first window is running
+    late = b.submit([Win(4, "new")], 30)
+    infer.gate.set()
+    await asyncio.gather(a, c, late)
+    assert [batch[0].tag for batch in infer.batches] == ["a", "b", "new", "a", "b", "a", "b"]
     await b.stop()
