@@ -48,39 +48,35 @@ def post_many(base: str, items: list[dict]) -> tuple[list[tuple[int, dict, str]]
     return results, threads
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0():
+def sigterm_under_load(env: dict[str, str], items: list[dict]) -> tuple[list[tuple[int, dict, str]], int, int, str]:
+    """Serve the shipped model, send `items` at once, SIGTERM half a second later; (results, in flight, rc, log)."""
     port = free_port()
-    proc = start({"QA_MODEL_DIR": str(DEFAULT_MODEL_DIR), "QA_PORT": str(port)})
+    proc = start({"QA_MODEL_DIR": str(DEFAULT_MODEL_DIR), "QA_PORT": str(port), **env})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, base)
-        results, threads = post_many(base, korquad_items(20))
+        results, threads = post_many(base, items)
         time.sleep(0.5)
-        in_flight = 20 - len(results)
+        in_flight = len(items) - len(results)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
     finally:
         out = proc.communicate(timeout=60)[0].decode()
+    return results, in_flight, proc.returncode, out
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0():
+    results, in_flight, returncode, out = sigterm_under_load({}, korquad_items(20))
     assert in_flight >= 5, "the test must signal while requests are in flight"
     assert sorted(status for status, _, _ in results) == [200] * 20, out
-    assert proc.returncode == 0, out
+    assert returncode == 0, out
     assert "draining" in out and "Traceback" not in out
 
 
 def test_what_the_drain_window_cannot_finish_gets_json_503():
-    port = free_port()
-    proc = start({"QA_MODEL_DIR": str(DEFAULT_MODEL_DIR), "QA_PORT": str(port), "QA_GRACEFUL_TIMEOUT_S": "2"})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, base)
-        results, threads = post_many(base, korquad_items(20, paragraphs_per_context=3))
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        for t in threads:
-            t.join(60)
-    finally:
-        out = proc.communicate(timeout=60)[0].decode()
+    items = korquad_items(20, paragraphs_per_context=3)
+    results, _, returncode, out = sigterm_under_load({"QA_GRACEFUL_TIMEOUT_S": "2"}, items)
     statuses = [status for status, _, _ in results]
     # admission control may refuse some at once (429); none may end as a 500 or a reset
     assert len(statuses) == 20 and set(statuses) <= {200, 429, 503}, statuses
@@ -88,7 +84,7 @@ def test_what_the_drain_window_cannot_finish_gets_json_503():
     for status, body, rid in results:
         if status == 503:
             assert body["error"]["code"] == "shutting_down" and body["error"]["request_id"] == rid
-    assert proc.returncode == 0, out
+    assert returncode == 0, out
     assert "Traceback" not in out
 
 
