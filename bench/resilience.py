@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import re
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,6 +24,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from load import DATA, load_items  # noqa: E402
+from service import server  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -48,33 +44,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-@contextlib.contextmanager
-def server(env: dict[str, str], model_dir: str | None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    full = {**os.environ, "QA_HOST": "127.0.0.1", "QA_PORT": str(port), "QA_LOG_LEVEL": "warning", **env}
-    if model_dir:
-        full["QA_MODEL_DIR"] = model_dir
-    proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=full, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server never became ready")
-            time.sleep(0.2)
-        yield proc, base
-    finally:
-        proc.terminate()
-        proc.wait(60)
 
 
 def paragraphs(n: int, per_context: int) -> list[dict[str, str]]:
