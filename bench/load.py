@@ -1,8 +1,10 @@
 """Closed-loop load generator for a running service: KorQuAD test questions, N concurrent clients.
 
     python bench/load.py --url http://127.0.0.1:8000 --concurrency 8 --requests 400
+    python bench/load.py --concurrency 16 --questions 100 --requests 100 --warmup 2   # what bench/peers.py runs
 
-Prints one JSON line: throughput, latency percentiles, and the server's batch-size histogram delta.
+Prints one JSON line: throughput, latency percentiles, the server's batch-size histogram delta, and the CPU time
+this load generator itself used (it usually shares the machine with the server).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import asyncio
 import json
 import re
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -34,12 +37,20 @@ def batch_hist(metrics_text: str) -> tuple[float, float]:
     return (float(s.group(1)) if s else 0.0, float(c.group(1)) if c else 0.0)
 
 
-async def run(url: str, items: list[dict[str, str]], concurrency: int, n: int) -> dict[str, object]:
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def run(url: str, items: list[dict[str, str]], concurrency: int, n: int, warmup: int = 0) -> dict[str, object]:
     latencies: list[float] = []
     errors = 0
     counter = iter(range(n))
 
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        for i in range(warmup):  # untimed: first connections, first calls
+            await client.post("/answer", json=items[i % len(items)])
         before = batch_hist((await client.get("/metrics")).text)
 
         async def worker() -> None:
@@ -50,9 +61,10 @@ async def run(url: str, items: list[dict[str, str]], concurrency: int, n: int) -
                 latencies.append(time.perf_counter() - t0)
                 errors += r.status_code != 200
 
-        t0 = time.perf_counter()
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
         after = batch_hist((await client.get("/metrics")).text)
         model = (await client.get("/v1/models")).json()["data"][0]
 
@@ -70,6 +82,8 @@ async def run(url: str, items: list[dict[str, str]], concurrency: int, n: int) -
         "p90_ms": round(1000 * lat[int(0.9 * (len(lat) - 1))], 1),
         "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1),
         "mean_windows_per_batch": round((after[0] - before[0]) / batches, 2) if batches else None,
+        "wall_s": round(wall, 3),
+        "client_cpu_s": round(cpu, 3),
     }
 
 
@@ -79,9 +93,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--questions", type=int, default=None, help="cycle over only the first N test questions")
+    ap.add_argument("--warmup", type=int, default=0, help="untimed requests before the timed ones")
     args = ap.parse_args()
-    items = load_items(args.data, slice(112, 140))  # the held-out test articles
-    print(json.dumps(asyncio.run(run(args.url, items, args.concurrency, args.requests))))
+    items = load_items(args.data, slice(112, 140))[: args.questions]  # the held-out test articles
+    print(json.dumps(asyncio.run(run(args.url, items, args.concurrency, args.requests, args.warmup))))
 
 
 if __name__ == "__main__":
