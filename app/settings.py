@@ -75,7 +75,12 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         8192, ge=1, description="Padded tokens (windows x longest window) per call; bounds memory."
     )
-    max_delay_ms: float = Field(5.0, ge=0, description="How long the batcher waits for more windows.")
+    max_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long an idle batcher waits for more windows before it starts. 0: requests that arrive "
+        "while a batch runs join the next one anyway, and a lone request should not wait.",
+    )
     max_batch_ms: float = Field(
         250.0,
         gt=0,
