@@ -117,7 +117,9 @@ class Settings(BaseSettings):
         None, description="File of bearer tokens, one per line (# comments); adds to api_key. Rotate by editing it."
     )
     metrics_auth: bool = Field(False, description="Require the bearer token on /metrics too.")
-    docs: bool = Field(True, description="Serve /docs (Swagger UI from local assets, no CDN) and /openapi.json.")
+    docs: bool = Field(
+        True, description="Serve /docs (Swagger UI) and /openapi.json, with files shipped locally (no CDN)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

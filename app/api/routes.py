@@ -129,11 +129,16 @@ def build_router(settings: Settings) -> APIRouter:
 
 
 def install_docs(app: FastAPI) -> None:
-    """/docs with Swagger UI's assets served from the swagger-ui-bundle package: no CDN, works offline."""
-    from fastapi.staticfiles import StaticFiles
-    from swagger_ui_bundle import swagger_ui_path
+    """/docs: Swagger UI 5 (it reads OpenAPI 3.1) from the files the fastapi-offline package ships.
 
-    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="swagger-assets")
+    ReDoc stays off: its page loads a logo from cdn.redoc.ly.
+    """
+    from pathlib import Path
+
+    import fastapi_offline
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs/assets", StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"), name="docs")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -142,5 +147,5 @@ def install_docs(app: FastAPI) -> None:
             title=f"{app.title} - API docs",
             swagger_js_url="/docs/assets/swagger-ui-bundle.js",
             swagger_css_url="/docs/assets/swagger-ui.css",
-            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+            swagger_favicon_url="/docs/assets/favicon.png",
         )

@@ -179,3 +179,16 @@ def test_demo_page_asks_for_the_api_key_when_the_server_needs_one(marker_bundle,
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_api_docs_render_offline_in_a_browser(server, browser):
+    """Swagger UI from the package's own files: the OpenAPI 3.1 document must render, with nothing from elsewhere."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/docs")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 4)
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/answer", "/batch_answer", "/read"} <= paths, paths
+    assert not browser.find_elements(By.CSS_SELECTOR, ".errors-wrapper")
+    hosts = browser.execute_script("return performance.getEntriesByType('resource').map((r) => new URL(r.name).host)")
+    assert set(hosts) <= {server.removeprefix("http://")}, hosts
