@@ -30,6 +30,19 @@ def load_items(path: Path, articles: slice) -> list[dict[str, str]]:
     ]
 
 
+def joined_paragraphs(path: Path, n: int, per_context: int = 1) -> list[dict[str, str]]:
+    """n test-split items whose context joins `per_context` consecutive paragraphs (the question is the last's)."""
+    data = json.loads(path.read_text(encoding="utf-8"))["data"][112:]
+    paragraphs = [p for article in data for p in article["paragraphs"]]
+    return [
+        {
+            "question": paragraphs[i + per_context - 1]["qas"][0]["question"],
+            "context": " ".join(p["context"] for p in paragraphs[i : i + per_context]),
+        }
+        for i in range(n)
+    ]
+
+
 def batch_hist(metrics_text: str) -> tuple[float, float]:
     """(sum, count) of qa_batch_windows."""
     s = re.search(r"^qa_batch_windows_sum ([0-9.e+]+)$", metrics_text, re.M)

@@ -23,7 +23,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from load import DATA, load_items  # noqa: E402
+from load import DATA, joined_paragraphs, load_items  # noqa: E402
 from service import server  # noqa: E402
 
 
@@ -46,18 +46,6 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def paragraphs(n: int, per_context: int) -> list[dict[str, str]]:
-    data = json.loads(DATA.read_text(encoding="utf-8"))["data"][112:]
-    ps = [p for a in data for p in a["paragraphs"]]
-    return [
-        {
-            "question": ps[i + per_context - 1]["qas"][0]["question"],
-            "context": " ".join(p["context"] for p in ps[i : i + per_context]),
-        }
-        for i in range(n)
-    ]
-
-
 # --------------------------------------------------------------------------- head-of-line blocking
 BIG_ITEMS = 16  # three-paragraph contexts: about 60 windows, well inside the 30 s deadline on 2 cores
 
@@ -66,7 +54,7 @@ async def hol(base: str) -> dict[str, object]:
     small_items = load_items(DATA, slice(112, 140))
     async with httpx.AsyncClient(base_url=base, timeout=120) as client:
         # 1) the body of the original report: 32 contexts of about 30 kB (10,000 Korean characters) each
-        text = " ".join(p["context"] for p in paragraphs(80, 1))
+        text = " ".join(p["context"] for p in joined_paragraphs(DATA, 80))
         huge = {"items": [{"question": "이 문서의 주제는?", "context": text[k * 100 :][:10_000]} for k in range(32)]}
         t0 = time.perf_counter()
         r = await client.post("/batch_answer", json=huge)
@@ -78,7 +66,7 @@ async def hol(base: str) -> dict[str, object]:
         }
 
         # 2) a big batch the server can finish in time, with small requests arriving all along
-        big = {"items": paragraphs(BIG_ITEMS, 3)}
+        big = {"items": joined_paragraphs(DATA, BIG_ITEMS, 3)}
         small_lat: list[float] = []
         small_status: Counter[int] = Counter()
         done = asyncio.Event()

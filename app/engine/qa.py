@@ -310,20 +310,13 @@ class QAEngine:
             if cancelled is not None and cancelled.is_set():
                 raise ClientDisconnected("client closed the connection before the answer was ready")
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s}s (QA_REQUEST_TIMEOUT_S)")
-        flat_logits = future.result()  # raises the batch's error, if any
-        logits, at = [], 0
-        for passages in per_job:
-            n = sum(len(ws) for ws in passages)
-            logits.append(flat_logits[at : at + n])
-            at += n
+        outputs = iter(future.result())  # raises the batch's error, if any; in submission order
         t1 = time.perf_counter()
         results = []
-        for job, passages, outs in zip(jobs, per_job, logits, strict=True):
+        for job, passages in zip(jobs, per_job, strict=True):
             decoded_input = []
-            pos = 0
             for context, ws in zip(job.passages, passages, strict=True):
-                mine = outs[pos : pos + len(ws)]
-                pos += len(ws)
+                mine = [next(outputs) for _ in ws]
                 decoded_input.append(PassageLogits(context, ws, [o[0] for o in mine], [o[1] for o in mine]))
             decoded = decode_passages(
                 decoded_input,

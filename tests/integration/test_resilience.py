@@ -16,20 +16,11 @@ import time
 import pytest
 
 from app.settings import DEFAULT_MODEL_DIR
+from bench.load import joined_paragraphs
 from tests.integration.test_uvicorn import call, free_port, start, wait_ready
 from tests.support.tiny_model import KORQUAD_DEV
 
 pytestmark = pytest.mark.slow
-
-
-def korquad_items(n: int, paragraphs_per_context: int = 1) -> list[dict]:
-    data = json.loads(KORQUAD_DEV.read_text(encoding="utf-8"))["data"][112:]
-    paragraphs = [p for article in data for p in article["paragraphs"]]
-    items = []
-    for i in range(n):
-        ps = paragraphs[i : i + paragraphs_per_context]
-        items.append({"question": ps[-1]["qas"][0]["question"], "context": " ".join(p["context"] for p in ps)})
-    return items
 
 
 def post_many(base: str, items: list[dict]) -> tuple[list[tuple[int, dict, str]], list[threading.Thread]]:
@@ -67,7 +58,7 @@ def sigterm_under_load(env: dict[str, str], items: list[dict]) -> tuple[list[tup
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0():
-    results, in_flight, returncode, out = sigterm_under_load({}, korquad_items(20))
+    results, in_flight, returncode, out = sigterm_under_load({}, joined_paragraphs(KORQUAD_DEV, 20))
     assert in_flight >= 5, "the test must signal while requests are in flight"
     assert sorted(status for status, _, _ in results) == [200] * 20, out
     assert returncode == 0, out
@@ -75,7 +66,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0():
 
 
 def test_what_the_drain_window_cannot_finish_gets_json_503():
-    items = korquad_items(20, paragraphs_per_context=3)
+    items = joined_paragraphs(KORQUAD_DEV, 20, 3)
     results, _, returncode, out = sigterm_under_load({"QA_GRACEFUL_TIMEOUT_S": "2"}, items)
     statuses = [status for status, _, _ in results]
     # admission control may refuse some at once (429); none may end as a 500 or a reset
@@ -94,7 +85,7 @@ def test_client_disconnects_are_499_without_tracebacks_and_oversized_bodies_are_
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, base)
-        [item] = korquad_items(1, paragraphs_per_context=6)
+        [item] = joined_paragraphs(KORQUAD_DEV, 1, 6)
         body = json.dumps(item).encode()
         for _ in range(5):
             with socket.create_connection(("127.0.0.1", port)) as s:
