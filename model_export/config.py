@@ -57,7 +57,8 @@ def _train_section() -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(TrainConfig):
         if f.name not in owned:
-            fields[f.name] = (hints[f.name], f.default)
+            default = Field(default_factory=f.default_factory) if f.default is dataclasses.MISSING else f.default
+            fields[f.name] = (hints[f.name], default)
     return create_model("TrainSection", __base__=_Section, **fields)
 
 

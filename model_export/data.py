@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,53 @@ def training_features(
     """Every window of every example, labelled with its answer tokens or CLS (0, 0)."""
     features: list[Feature] = []
     for idx, windows in iter_windows(tokenizer, examples, max_seq_length, doc_stride, max_query_length):
+        if not examples[idx].answers:  # unanswerable: every window points at CLS
+            features += [Feature(idx, w, 0, 0) for w in windows]
+            continue
         text, start = examples[idx].answers[0]
         for w in windows:
             s, e = label_window(w, start, start + len(text))
             features.append(Feature(idx, w, s, e))
     return features
+
+
+def negative_examples(examples: list[Example], per_question: float, rng: random.Random) -> list[Example]:
+    """Unanswerable pairs from `examples` alone: a question over another paragraph that lacks its answers.
+
+    Half come from the question's own article (same topic, the hard case a retriever produces), half from
+    another article. `per_question` may be fractional: 0.5 pairs every other question.
+    """
+    by_title: dict[str, list[str]] = {}
+    for e in examples:
+        paras = by_title.setdefault(e.title, [])
+        if e.context not in paras:
+            paras.append(e.context)
+    titles = list(by_title)
+    out: list[Example] = []
+    for e in examples:
+        n = int(per_question) + (rng.random() < per_question % 1)
+        for k in range(n):
+            same = rng.random() < 0.5 and len(by_title[e.title]) > 1
+            pool = by_title[e.title] if same else by_title[rng.choice([t for t in titles if t != e.title] or titles)]
+            context = rng.choice(pool)
+            if context == e.context or any(text in context for text, _ in e.answers):
+                continue
+            out.append(Example(f"{e.id}-neg{k}", e.title, e.question, context, ()))
+    return out
+
+
+def cross_article_pairs(examples: list[Example], rng: random.Random) -> list[Example]:
+    """Each question over a paragraph of another article: what a retriever's miss looks like. Never answerable."""
+    by_title: dict[str, list[str]] = {}
+    for e in examples:
+        paras = by_title.setdefault(e.title, [])
+        if e.context not in paras:
+            paras.append(e.context)
+    titles = list(by_title)
+    if len(titles) < 2:
+        raise ValueError("cross-article pairs need at least two articles")
+    out = []
+    for e in examples:
+        other = rng.choice([t for t in titles if t != e.title])
+        out.append(Example(f"{e.id}-cross", other, e.question, rng.choice(by_title[other]), ()))
+    return out

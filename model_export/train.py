@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from app.engine.windows import pad_batch, pad_token_id
-from model_export.data import Feature, load_examples, training_features
+from model_export.data import Example, Feature, load_examples, negative_examples, training_features
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     freeze_word_embeddings: bool = True
+    layer_decay: float = 1.0  # layer-wise lr decay: layer i of L gets lr * layer_decay ** (L - i)
+    negatives: float = 0.0  # unanswerable pairs per question: its question over a paragraph without its answer
+    eval_articles: str | None = None  # a dev slice scored after every epoch (tuning only; never the test split)
+    teachers: list[str] = field(default_factory=list)  # checkpoint dirs whose mean logits the student also learns
+    distill_alpha: float = 0.5  # weight of the teachers' soft targets against the gold span
+    distill_temperature: float = 2.0
     save_every: int = 100
     keep_checkpoints: int = 2
     max_steps: int | None = None  # overrides epochs (smoke tests)
@@ -102,23 +108,21 @@ def train(cfg: TrainConfig) -> Path:
     examples = load_examples(cfg.train_file, cfg.train_articles)
     if cfg.max_examples:
         examples = examples[: cfg.max_examples]
+    if cfg.negatives:
+        examples = examples + negative_examples(examples, cfg.negatives, random.Random(cfg.seed))
     features = training_features(tokenizer, examples, cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length)
+    dev = load_examples(cfg.train_file, cfg.eval_articles) if cfg.eval_articles else []
+    history: list[dict[str, object]] = []
     pad_id = pad_token_id(tokenizer)
     log.info("%d examples -> %d windows", len(examples), len(features))
 
     model = AutoModelForQuestionAnswering.from_pretrained(cfg.base_model).to(device)
+    teachers = [AutoModelForQuestionAnswering.from_pretrained(d).to(device).eval() for d in cfg.teachers]
     if cfg.freeze_word_embeddings:
         # 250k x 384 embeddings dominate the parameter count; freezing them keeps AdamW cheap on CPU
         # and keeps rows for pieces unseen in the small training set exactly as pretrained.
         model.base_model.embeddings.word_embeddings.weight.requires_grad_(False)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim == 1 or "LayerNorm" in name else decay).append(p)
-    optim = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.learning_rate,
-    )
+    optim = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate)
     steps_per_epoch = math.ceil(math.ceil(len(features) / cfg.batch_size) / cfg.grad_accum)
     total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
     sched = get_linear_schedule_with_warmup(optim, int(total * cfg.warmup_ratio), total)
@@ -136,6 +140,7 @@ def train(cfg: TrainConfig) -> Path:
             scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         torch.set_rng_state(state["torch_rng"])
+        history = state.get("dev", [])
         log.info("resumed from %s at step %d", ckpt, step)
 
     def save_checkpoint() -> None:
@@ -151,6 +156,7 @@ def train(cfg: TrainConfig) -> Path:
                 "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch,
                 "torch_rng": torch.get_rng_state(),
+                "dev": history,
             },
             d / "state.pt.tmp",
         )
@@ -177,8 +183,13 @@ def train(cfg: TrainConfig) -> Path:
                 ends = torch.tensor([f.end_position for f in feats], device=device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     outputs = model(**inputs, start_positions=starts, end_positions=ends)
-                scaler.scale(outputs.loss / len(group)).backward()
-                losses.append(float(outputs.loss.detach()))
+                    loss = outputs.loss
+                    if teachers:
+                        loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill_loss(
+                            outputs, teachers, inputs, cfg.distill_temperature
+                        )
+                scaler.scale(loss / len(group)).backward()
+                losses.append(float(loss.detach()))
             scaler.unscale_(optim)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             scaler.step(optim)
@@ -193,7 +204,13 @@ def train(cfg: TrainConfig) -> Path:
                 save_checkpoint()
         if batch_in_epoch >= len(batches):
             epoch, batch_in_epoch = epoch + 1, 0
+            if dev:
+                history.append({"epoch": epoch, "step": step, **dev_scores(model, tokenizer, dev, cfg, device)})
+                log.info("dev after epoch %d: %s", epoch, history[-1])
+                model.train()
     bar.close()
+    if dev and (not history or history[-1]["step"] != step):  # a run cut short by max_steps is scored too
+        history.append({"epoch": epoch, "step": step, **dev_scores(model, tokenizer, dev, cfg, device)})
 
     final = out / "final"
     model.save_pretrained(final)
@@ -207,9 +224,72 @@ def train(cfg: TrainConfig) -> Path:
                 "examples": len(examples),
                 "seconds": round(time.time() - t0, 1),
                 "final_loss": float(np.mean(losses[-50:])) if losses else None,
+                "dev": history,
             },
             indent=2,
         )
     )
     log.info("saved %s", final)
     return final
+
+
+def distill_loss(outputs, teachers: list, inputs: dict, temperature: float):  # noqa: ANN001, ANN201 - torch
+    """KL from the teachers' mean start/end distributions (softened by `temperature`) to the student's.
+
+    Padding is masked out of both distributions; the T^2 factor keeps the gradient scale independent of T.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        outs = [t(**inputs) for t in teachers]
+    pad = inputs["attention_mask"] == 0
+    loss = 0.0
+    for name in ("start_logits", "end_logits"):
+        target = torch.stack([getattr(o, name).float() for o in outs]).mean(0).masked_fill(pad, -1e4)
+        student = getattr(outputs, name).float().masked_fill(pad, -1e4)
+        loss = loss + F.kl_div(
+            F.log_softmax(student / temperature, -1),
+            F.log_softmax(target / temperature, -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+    return loss / 2 * temperature**2
+
+
+def param_groups(model, cfg: TrainConfig) -> list[dict[str, object]]:  # noqa: ANN001 - a transformers model
+    """AdamW groups: no decay on biases, LayerNorm and embeddings; lr scaled down layer by layer toward the input.
+
+    Embedding rows of pieces the training text never uses get no gradient, so without weight decay they stay
+    exactly as pretrained: pruning the vocabulary before or after training gives the same model.
+    """
+    n_layers = int(model.config.num_hidden_layers)
+    groups: dict[tuple[float, float], list[object]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if ".layer." in name:
+            depth = int(name.split(".layer.")[1].split(".")[0]) + 1
+        elif "embeddings" in name:
+            depth = 0
+        else:  # pooler, QA head
+            depth = n_layers + 1
+        lr = cfg.learning_rate * cfg.layer_decay ** (n_layers + 1 - depth)
+        no_decay = p.ndim == 1 or "LayerNorm" in name or "embeddings" in name
+        groups.setdefault((lr, 0.0 if no_decay else cfg.weight_decay), []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
+def dev_scores(model, tokenizer, dev: list[Example], cfg: TrainConfig, device) -> dict[str, float]:  # noqa: ANN001
+    """EM/F1 (both metrics) on the dev slice, decoded exactly as the service decodes."""
+    from model_export.evaluate import WindowPredictor, WindowSettings, evaluate_predictor, torch_logits_fn
+
+    model.eval()
+    windows = WindowSettings(cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length)
+    predictor = WindowPredictor(tokenizer, torch_logits_fn(model, device), windows, pad_token_id(tokenizer), 64)
+    result = evaluate_predictor(predictor, dev)
+    return {
+        "korquad_f1": result["korquad"]["f1"],
+        "korquad_em": result["korquad"]["exact_match"],
+        "squad_f1": result["squad"]["f1"],
+    }
