@@ -336,6 +336,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_train(sub)
     register_optional(sub, "model_export.evaluate")
     register_optional(sub, "model_export.metrics")
+    register_optional(sub, "model_export.sweep")
+    register_optional(sub, "model_export.calibrate")
     add_export(sub)
     add_quantize(sub)
     add_validate(sub)

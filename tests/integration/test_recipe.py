@@ -1,0 +1,95 @@
+"""The training recipe's levers on a tiny model: negatives, layer-wise lr decay, distillation, the dev-slice sweep."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_export.config import load_build_config
+from model_export.data import cross_article_pairs, load_examples, negative_examples
+from model_export.sweep import best_trial, results_table, run_sweep
+from model_export.train import TrainConfig, distill_loss, param_groups
+from tests.support.tiny_model import KORQUAD_DEV
+
+pytestmark = pytest.mark.skipif(not KORQUAD_DEV.is_file(), reason="KorQuAD dev set not found")
+TINY_CONFIG = Path(__file__).parents[2] / "configs" / "tiny-smoke.toml"
+
+
+def test_negatives_never_hold_their_answer_and_come_from_the_split():
+    examples = load_examples(str(KORQUAD_DEV), "0:6")
+    contexts = {e.context for e in examples}
+    negs = negative_examples(examples, 1.0, random.Random(0))
+    assert len(negs) > 0.8 * len(examples)
+    by_id = {e.id: e for e in examples}
+    for n in negs:
+        source = by_id[n.id.rsplit("-neg", 1)[0]]
+        assert n.answers == () and n.question == source.question
+        assert n.context in contexts and n.context != source.context
+        assert not any(text in n.context for text, _ in source.answers)
+    assert len(negative_examples(examples, 0.5, random.Random(0))) < len(negs)
+    cross = cross_article_pairs(examples, random.Random(0))
+    assert all(c.title != by_id[c.id.removesuffix("-cross")].title for c in cross)
+
+
+def test_layer_decay_scales_lr_toward_the_input_and_embeddings_get_no_decay(tiny_bundle: Path):
+    from transformers import AutoModelForQuestionAnswering
+
+    model = AutoModelForQuestionAnswering.from_pretrained(tiny_bundle.parent / "hf")
+    cfg = TrainConfig("", "", "", learning_rate=1e-3, layer_decay=0.5, freeze_word_embeddings=False)
+    groups = param_groups(model, cfg)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    n = model.config.num_hidden_layers
+    assert lr_of[id(named["qa_outputs.weight"])] == pytest.approx(1e-3)
+    last = next(k for k in named if f".layer.{n - 1}." in k and k.endswith("weight") and "LayerNorm" not in k)
+    assert lr_of[id(named[last])] == pytest.approx(1e-3 * 0.5)
+    emb = next(k for k in named if k.endswith("word_embeddings.weight"))
+    assert lr_of[id(named[emb])] == pytest.approx(1e-3 * 0.5 ** (n + 1))
+    assert wd_of[id(named[emb])] == 0.0 and wd_of[id(named[last])] == cfg.weight_decay
+
+
+def test_distill_loss_is_zero_against_itself_and_positive_against_another(tiny_bundle: Path):
+    from transformers import AutoModelForQuestionAnswering
+
+    a = AutoModelForQuestionAnswering.from_pretrained(tiny_bundle.parent / "hf").eval()
+    b = AutoModelForQuestionAnswering.from_pretrained(tiny_bundle.parent / "hf").eval()
+    with torch.no_grad():
+        b.qa_outputs.weight.add_(torch.randn_like(b.qa_outputs.weight))  # another QA head
+    ids = torch.randint(5, 100, (2, 24))
+    mask = torch.ones_like(ids)
+    mask[1, 16:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    with torch.no_grad():
+        out = a(**inputs)
+    assert float(distill_loss(out, [a], inputs, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(out, [b], inputs, 2.0)) > 1e-4
+
+
+def test_sweep_scores_every_trial_on_the_dev_slice_and_distills(tiny_bundle: Path, tmp_path: Path):
+    trials = tmp_path / "trials.toml"
+    common = "max_steps = 2, max_examples = 12, batch_size = 8, epochs = 1"
+    trials.write_text(
+        'fit_articles = "0:2"\ndev_articles = "100:101"\n'
+        f'[[trial]]\nname = "T1: a"\ntrain = {{ {common}, seed = 1, negatives = 0.5 }}\n'
+        f'[[trial]]\nname = "T2: b"\ntrain = {{ {common}, seed = 2 }}\n'
+        '[[trial]]\nname = "E: both"\nensemble = ["T1", "T2"]\n'
+        f'[[trial]]\nname = "S: student"\ntrain = {{ {common}, teachers = ["T1", "T2"], distill_alpha = 0.5 }}\n'
+    )
+    cfg = load_build_config(TINY_CONFIG, [f'data.file="{KORQUAD_DEV}"'])
+    results = run_sweep(cfg, str(tiny_bundle.parent / "hf"), trials, tmp_path / "sweep")
+    assert [r["name"] for r in results] == ["T1: a", "T2: b", "E: both", "S: student"]
+    for r in results:
+        assert 0 <= r["final"]["korquad_f1"] <= 100
+    record = json.loads((tmp_path / "sweep" / "S" / "final" / "training.json").read_text())
+    assert record["config"]["teachers"] == [str(tmp_path / "sweep" / n / "final") for n in ("T1", "T2")]
+    assert record["config"]["eval_articles"] == "100:101" and record["dev"]
+    assert best_trial(results)["name"] != "E: both"  # an ensemble is a measurement, not a recipe
+    assert "| S: student |" in results_table(results)
+    lines = (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and np.isfinite(json.loads(lines[0])["final"]["korquad_f1"])
