@@ -52,6 +52,10 @@ class Manifest(BaseModel):
     variants: dict[str, str]  # precision -> ONNX file name
     files: dict[str, FileEntry]
     trim_suffixes: list[str] = []  # cut from span ends at decoding; learned on the training split
+    # fitted on held-out training articles (model_export calibrate); the defaults change nothing
+    score_calibration: tuple[float, float] = (1.0, 0.0)  # Platt (a, b) on the log-odds of a span's share
+    null_threshold: float = 0.0
+    calibration: dict[str, object] = {}
     scores: list[Score] = []
     validation: dict[str, object] = {}
     training: dict[str, object] = {}
@@ -101,15 +105,3 @@ def verify_bundle(bundle_dir: Path, needed: list[str] | None = None) -> Manifest
         if digest != entry.sha256:
             raise BundleError(f"{path}: sha256 {digest[:12]}..., manifest says {entry.sha256[:12]}...")
     return manifest
-
-
-def choose_variant(manifest: Manifest, requested: str, on_cuda: bool) -> str:
-    """Precision to run: the requested one, or fp16 on CUDA / int8 on CPU when the bundle has it, else fp32."""
-    if requested != "auto":
-        if requested not in manifest.variants:
-            raise BundleError(f"variant {requested!r} not in bundle (has {sorted(manifest.variants)})")
-        return requested
-    for candidate in ("fp16", "fp32") if on_cuda else ("int8", "fp32"):
-        if candidate in manifest.variants:
-            return candidate
-    return next(iter(manifest.variants))

@@ -14,7 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from app.engine.batcher import Batcher, Logits
-from app.engine.bundle import BundleError, Manifest, choose_variant, read_manifest, verify_bundle
+from app.engine.bundle import BundleError, Manifest, read_manifest, verify_bundle
 from app.engine.errors import (
     ClientDisconnected,
     DeadlineExceeded,
@@ -23,6 +23,7 @@ from app.engine.errors import (
     NotReady,
     ShuttingDown,
 )
+from app.engine.hardware import REPORTED, cpu_flags, pick_variant
 from app.engine.interface import Health, QARequest, QAResult, ReadRequest
 from app.engine.runtime import HeapTrimmer, OrtRuntime, cuda_available
 from app.engine.spans import PassageLogits, decode_passages
@@ -50,7 +51,9 @@ class QAEngine:
         on_cuda = settings.providers == "cuda" or (settings.providers == "auto" and cuda_available())
         # Fail fast, before the port opens: a bundle that does not match its manifest is never served.
         manifest = read_manifest(self.bundle_dir)
-        self.variant = choose_variant(manifest, settings.model_variant, on_cuda)
+        self.cpu_flags = cpu_flags()
+        self.pick = pick_variant(manifest.variants, settings.model_variant, on_cuda, self.cpu_flags)
+        self.variant = self.pick.variant
         self.model_file = manifest.variants[self.variant]
         self.manifest: Manifest = verify_bundle(self.bundle_dir, needed=[self.model_file, manifest.tokenizer])
         if settings.max_batch_tokens < self.manifest.max_seq_length:
@@ -109,10 +112,11 @@ class QAEngine:
                 await asyncio.to_thread(self._warmup)
             self._ready = True
             log.info(
-                "model %s (%s, %s) ready on %s in %.1fs",
+                "model %s (%s, %s: %s) ready on %s in %.1fs",
                 self.manifest.name,
                 self.variant,
                 self.model_file,
+                self.pick.reason,
                 self.runtime.provider,
                 time.perf_counter() - t0,
             )
@@ -199,6 +203,8 @@ class QAEngine:
             "max_query_length": m.max_query_length,
             "precision": self.variant,
             "file": self.model_file,
+            "variant_reason": self.pick.reason,
+            "cpu_features": sorted(self.cpu_flags & REPORTED),
             "execution_provider": self.runtime.provider if self.runtime else None,
             "scores": [s.model_dump() for s in m.scores],
             "created": m.created,
@@ -325,6 +331,8 @@ class QAEngine:
                 top_n=max(self.settings.top_n, job.top_k),
                 allow_no_answer=job.allow_no_answer,
                 trim_suffixes=self.manifest.trim_suffixes,
+                calibration=self.manifest.score_calibration,
+                null_threshold=self.manifest.null_threshold,
             )
             results.append(QAResult(decoded.answers, decoded.no_answer_score, sum(len(ws) for ws in passages)))
         self.metrics.decode_seconds.observe(time.perf_counter() - t1)

@@ -210,3 +210,28 @@ def test_same_span_in_two_passages_stays_two_answers(wordpiece):
     out = decode_passages([other, one], top_k=2, max_answer_length=3)
     assert [(a.passage, a.start, a.logit) for a in out.answers] == [(1, 0, 20.0), (0, 0, 10.0)]
     assert out.answers[0].text == out.answers[1].text
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    context=TEXT,
+    seed=st.integers(0, 2**32 - 1),
+    a=st.floats(0.2, 4),
+    b=st.floats(-2, 2),
+    threshold=st.floats(-5, 5),
+)
+def test_calibration_keeps_the_ranking_and_the_threshold_moves_abstention(tokenizer, context, seed, a, b, threshold):
+    if not _has_tokens(tokenizer, "질문", context):
+        return
+    [pair] = encode_pairs(tokenizer, [("질문", context)])
+    windows = make_windows(pair, 40, 6, 8)
+    starts, ends = _logits(np.random.default_rng(seed), windows)
+    kw = {"top_k": 5, "max_answer_length": 10}
+    raw = decode_spans(context, windows, starts, ends, **kw)
+    cal = decode_spans(context, windows, starts, ends, calibration=(a, b), **kw)
+    assert [(x.start, x.end, x.logit) for x in raw.answers] == [(x.start, x.end, x.logit) for x in cal.answers]
+    assert all(0 <= x.score <= 1 for x in cal.answers)
+    gated = decode_spans(context, windows, starts, ends, allow_no_answer=True, null_threshold=threshold, **kw)
+    if raw.answers:
+        margin = gated.null_logit - raw.answers[0].logit
+        assert (gated.answers == []) == (margin > threshold)

@@ -1,0 +1,294 @@
+"""Scores that mean what they say, and an abstention a retriever can rely on, fitted on held-out training articles.
+
+    python -m model_export calibrate --logits dev_logits.npz --data KorQuAD_v1.0_dev.json --articles 100:112 \
+        --tokenizer runs/gpu/final --trim-suffixes 을 를 ... --out runs/calibration
+
+The logits come from a model of the shipped recipe trained WITHOUT the dev articles (model_export sweep's
+fit split), over two sets: each dev question with its own paragraph, and with a paragraph of another dev
+article (`cross_article_pairs`). Fitted here:
+
+- `score_calibration` (a, b): a span's softmax share p becomes sigmoid(a * logit(p) + b), minimising the
+  log loss of the top answer's score against its exact match, so that 0.8 is right about 80% of the time.
+- `null_threshold`: the null answer wins when its logit beats the best span's by more than this: the
+  threshold with the most right decisions over both sets.
+
+The same functions score a bundle on the test split (`measure`), so dev and test figures are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.engine.spans import PassageLogits, calibrated, decode_passages
+from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows
+from model_export.data import Example, cross_article_pairs, load_examples
+from model_export.metrics import exact_match, f1
+
+log = logging.getLogger(__name__)
+ALL_CANDIDATES = 10_000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One question over one paragraph, decoded without abstention: what calibration needs of it."""
+
+    logits: np.ndarray  # every distinct candidate's logit, best first
+    null_logit: float
+    text: str  # the top answer
+    exact: float  # KorQuAD exact match of the top answer (0 for unanswerable pairs)
+    f1: float
+
+    @property
+    def margin(self) -> float:
+        """Null logit minus the best span's: abstain when it exceeds the threshold."""
+        return self.null_logit - float(self.logits[0]) if len(self.logits) else np.inf
+
+
+def windows_for(tokenizer: PairTokenizer, examples: Sequence[Example], w: Any) -> list[list[Window]]:
+    encoded = encode_pairs(tokenizer, [(e.question, e.context) for e in examples])
+    return [make_windows(p, w.max_seq_length, w.doc_stride, w.max_query_length) for p in encoded]
+
+
+def save_logits(
+    path: Path, examples: Sequence[Example], logits: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]
+) -> None:
+    """Per-window start/end logits of each example, flattened (make_windows order)."""
+    flat = [pair for per in logits for pair in per]
+    np.savez(
+        path,
+        ids=np.array([e.id for e in examples]),
+        windows_per_example=np.array([len(per) for per in logits]),
+        lengths=np.array([len(s) for s, _ in flat]),
+        start=np.concatenate([s for s, _ in flat]).astype(np.float32),
+        end=np.concatenate([e for _, e in flat]).astype(np.float32),
+    )
+
+
+def load_logits(z: Any, prefix: str = "") -> tuple[list[str], list[list[tuple[np.ndarray, np.ndarray]]]]:
+    counts, lengths = z[f"{prefix}windows_per_example"], z[f"{prefix}lengths"]
+    starts = np.split(z[f"{prefix}start"], np.cumsum(lengths)[:-1])
+    ends = np.split(z[f"{prefix}end"], np.cumsum(lengths)[:-1])
+    out, pos = [], 0
+    for n in counts:
+        out.append(list(zip(starts[pos : pos + n], ends[pos : pos + n], strict=True)))
+        pos += n
+    return [str(i) for i in z[f"{prefix}ids"]], out
+
+
+def outcomes(
+    examples: Sequence[Example],
+    windows: Sequence[Sequence[Window]],
+    logits: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]],
+    trim_suffixes: Sequence[str],
+    max_answer_length: int = 30,
+) -> list[Outcome]:
+    out = []
+    for e, ws, lg in zip(examples, windows, logits, strict=True):
+        if [len(w) for w in ws] != [len(s) for s, _ in lg]:
+            raise ValueError(f"{e.id}: logits do not match this tokenizer's windows")
+        d = decode_passages(
+            [PassageLogits(e.context, ws, [s for s, _ in lg], [t for _, t in lg])],
+            top_k=ALL_CANDIDATES,
+            max_answer_length=max_answer_length,
+            trim_suffixes=trim_suffixes,
+        )
+        text = d.answers[0].text if d.answers else ""
+        gold = [t for t, _ in e.answers]
+        out.append(
+            Outcome(
+                np.array([a.logit for a in d.answers]),
+                d.null_logit,
+                text,
+                exact_match(text, gold, "korquad") if gold else 0.0,
+                f1(text, gold, "korquad") if gold else 0.0,
+            )
+        )
+    return out
+
+
+def top_share(o: Outcome) -> float:
+    """The top answer's softmax share among all distinct candidates: the uncalibrated score."""
+    if not len(o.logits):
+        return 0.0
+    return float(1.0 / np.exp(o.logits - o.logits[0]).sum())
+
+
+def top_score(o: Outcome, calibration: tuple[float, float] = (1.0, 0.0)) -> float:
+    return calibrated(top_share(o), calibration)
+
+
+def ece(scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: |accuracy - mean score| per equal-width bin, weighted by the bin's share."""
+    idx = np.minimum((scores * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.mean() * abs(correct[m].mean() - scores[m].mean())
+    return float(total)
+
+
+def fit_platt(own: Sequence[Outcome], iterations: int = 50) -> tuple[float, float]:
+    """(a, b) of sigmoid(a * logit(share) + b) minimising the log loss against exact match (Newton's method).
+
+    A temperature alone cannot fix these scores: near-duplicate spans ("한느", "한느를") split the
+    probability, so right answers score too low in the middle, while the rare low scores are too high.
+    """
+    correct = np.array([o.exact for o in own])
+    q = np.clip([top_share(o) for o in own], 1e-9, 1 - 1e-9)
+    x = np.stack([np.log(q / (1 - q)), np.ones(len(q))], axis=1)
+    w = np.array([1.0, 0.0])
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-x @ w))
+        grad = x.T @ (p - correct)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(w[0]), float(w[1])
+
+
+def auroc(negative: np.ndarray, positive: np.ndarray) -> float:
+    """P(a random positive scores above a random negative), ties counted half."""
+    both = np.concatenate([negative, positive])
+    ranks = np.empty(len(both))
+    order = np.argsort(both, kind="mergesort")
+    ranks[order] = np.arange(1, len(both) + 1)
+    for v in np.unique(both):  # average ranks of ties
+        m = both == v
+        ranks[m] = ranks[m].mean()
+    r_pos = ranks[len(negative) :].sum()
+    return float((r_pos - len(positive) * (len(positive) + 1) / 2) / (len(positive) * len(negative)))
+
+
+def fit_null_threshold(own: Sequence[Outcome], cross: Sequence[Outcome]) -> float:
+    """The threshold with the most right decisions (answer the answerable, abstain on the rest), equal weight
+    to both sets; among equally good thresholds, the middle one, farthest from both sets' edges."""
+    mo = np.array([o.margin for o in own])
+    mc = np.array([o.margin for o in cross])
+    cuts = np.unique(np.concatenate([mo, mc]))
+    cuts = np.concatenate([cuts[:1] - 1, (cuts[:-1] + cuts[1:]) / 2, cuts[-1:] + 1])
+    right = np.array([(mo <= c).mean() + (mc > c).mean() for c in cuts])
+    best = np.flatnonzero(right == right.max())
+    return float((cuts[best[0]] + cuts[best[-1]]) / 2)
+
+
+def measure(
+    own: Sequence[Outcome], cross: Sequence[Outcome], calibration: tuple[float, float], threshold: float, bins: int = 10
+) -> dict[str, Any]:
+    """The issue's figures: accuracy with and without abstention, abstention rates, AUROC, ECE and sharpness."""
+    correct = np.array([o.exact for o in own])
+    raw = np.array([top_share(o) for o in own])
+    cal = np.array([top_score(o, calibration) for o in own])
+    answered = np.array([o.margin <= threshold for o in own])
+    abstain_cross = np.array([o.margin > threshold for o in cross])
+    f1s = np.array([o.f1 for o in own])
+
+    def sharp(s: np.ndarray) -> dict[str, float]:
+        m = s > 0.9
+        return {"share_above_0.9": float(m.mean()), "accuracy_above_0.9": float(correct[m].mean()) if m.any() else 0.0}
+
+    return {
+        "n_answerable": len(own),
+        "n_cross_article": len(cross),
+        "em_f1_no_abstention": [100 * float(correct.mean()), 100 * float(f1s.mean())],
+        # an abstention on an answerable question scores 0
+        "em_f1_with_abstention": [100 * float((correct * answered).mean()), 100 * float((f1s * answered).mean())],
+        "answered_share": float(answered.mean()),
+        "cross_article_abstain_share": float(abstain_cross.mean()),
+        "auroc_null_margin": auroc(np.array([o.margin for o in own]), np.array([o.margin for o in cross])),
+        "ece_before": ece(raw, correct, bins),
+        "ece_after": ece(cal, correct, bins),
+        "sharpness_before": sharp(raw),
+        "sharpness_after": sharp(cal),
+        "score_calibration": list(calibration),
+        "null_threshold": threshold,
+    }
+
+
+def reliability_plot(
+    own: Sequence[Outcome], calibration: tuple[float, float], path: Path, title: str, bins: int = 10
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    correct = np.array([o.exact for o in own])
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
+    a, b = calibration
+    for cal, label, color in (
+        ((1.0, 0.0), "before", "tab:red"),
+        (calibration, f"after (a {a:.2f}, b {b:.2f})", "tab:blue"),
+    ):
+        s = np.array([top_score(o, cal) for o in own])
+        idx = np.minimum((s * bins).astype(int), bins - 1)
+        xs, ys, ns = [], [], []
+        for b in range(bins):
+            m = idx == b
+            if m.sum() >= 5:
+                xs.append(s[m].mean())
+                ys.append(correct[m].mean())
+                ns.append(m.sum())
+        ax.plot(xs, ys, "o-", color=color, label=f"{label}, ECE {ece(s, correct, bins):.3f}")
+    ax.set_xlabel("top answer's score")
+    ax.set_ylabel("share exactly right")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _calibrate_command(args: argparse.Namespace) -> int:
+    from model_export.train import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    dev = load_examples(args.data, args.articles)
+    cross = cross_article_pairs(dev, random.Random(0))
+    windows = argparse.Namespace(
+        max_seq_length=args.max_seq_length, doc_stride=args.doc_stride, max_query_length=args.max_query_length
+    )
+    with np.load(args.logits) as z:
+        ids_own, own_logits = load_logits(z, "own/")
+        ids_cross, cross_logits = load_logits(z, "cross/")
+    if ids_own != [e.id for e in dev] or ids_cross != [e.id for e in cross]:
+        raise SystemExit(f"{args.logits}: its questions are not those of {args.data} articles {args.articles}")
+    own = outcomes(dev, windows_for(tokenizer, dev, windows), own_logits, args.trim_suffixes)
+    neg = outcomes(cross, windows_for(tokenizer, cross, windows), cross_logits, args.trim_suffixes)
+    calibration = fit_platt(own)
+    threshold = fit_null_threshold(own, neg)
+    result = {"fitted_on": f"{args.data} articles {args.articles}", **measure(own, neg, calibration, threshold)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    reliability_plot(own, calibration, out / "reliability_dev.png", f"dev slice (articles {args.articles})")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("calibrate", help="fit the score temperature and the null threshold on a dev slice")
+    p.add_argument("--logits", required=True, help="npz of own/ and cross/ per-window logits (scripts/device)")
+    p.add_argument("--data", required=True, help="SQuAD-format JSON holding the dev articles")
+    p.add_argument("--articles", default="100:112", help="the dev slice of the training articles")
+    p.add_argument("--tokenizer", required=True, help="dir with the model's tokenizer.json")
+    p.add_argument("--trim-suffixes", nargs="*", default=[], help="the bundle's trim_suffixes")
+    p.add_argument("--max-seq-length", type=int, default=384)
+    p.add_argument("--doc-stride", type=int, default=128)
+    p.add_argument("--max-query-length", type=int, default=64)
+    p.add_argument("--out", required=True, help="calibration.json and reliability_dev.png")
+    p.set_defaults(func=_calibrate_command)

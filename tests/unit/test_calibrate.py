@@ -1,0 +1,59 @@
+"""Calibration and abstention: the fitting functions on synthetic outcomes whose truth is known."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.engine.spans import calibrated
+from model_export.calibrate import Outcome, auroc, ece, fit_null_threshold, fit_platt, measure, top_share
+
+
+def outcome(share_logit: float, null_margin: float, exact: float) -> Outcome:
+    # two candidates: the top one's share is sigmoid(share_logit)
+    logits = np.array([share_logit, 0.0])
+    return Outcome(logits, float(logits[0] + null_margin), "x", exact, 100 * exact)
+
+
+def test_platt_recovers_a_known_miscalibration():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.5, 1.5, 4000)  # log-odds of the raw share
+    true_p = 1 / (1 + np.exp(-(2.0 * z - 0.5)))  # the truth is sharper and shifted
+    own = [outcome(x, -5, float(rng.random() < p)) for x, p in zip(z, true_p, strict=True)]
+    a, b = fit_platt(own)
+    assert abs(a - 2.0) < 0.2 and abs(b + 0.5) < 0.2
+    raw = np.array([top_share(o) for o in own])
+    fixed = np.array([calibrated(s, (a, b)) for s in raw])
+    correct = np.array([o.exact for o in own])
+    assert ece(fixed, correct) < 0.03 < ece(raw, correct)
+
+
+@given(st.floats(0, 1), st.floats(0.1, 5), st.floats(-3, 3))
+def test_calibration_is_monotone_and_identity_by_default(p: float, a: float, b: float):
+    assert calibrated(p, (1.0, 0.0)) == p
+    q = min(p + 0.05, 1.0)
+    assert calibrated(p, (a, b)) <= calibrated(q, (a, b)) + 1e-12
+
+
+def test_ece_of_perfect_and_of_overconfident_scores():
+    scores = np.array([0.95] * 100 + [0.25] * 100)
+    assert ece(scores, np.array([1] * 95 + [0] * 5 + [1] * 25 + [0] * 75)) < 1e-9
+    assert abs(ece(np.full(100, 0.9), np.array([1] * 50 + [0] * 50)) - 0.4) < 1e-9
+
+
+def test_auroc_bounds_and_ties():
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
+    assert auroc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5
+
+
+def test_null_threshold_sits_between_separable_sets_and_measures_follow():
+    own = [outcome(2.0, m, 1.0) for m in np.linspace(-10, 1, 50)]
+    cross = [outcome(2.0, m, 0.0) for m in np.linspace(5, 12, 50)]
+    t = fit_null_threshold(own, cross)
+    assert 1 < t < 5 and abs(t - 3) < 1e-9  # the middle of the gap
+    m = measure(own, cross, (1.0, 0.0), t)
+    assert m["answered_share"] == 1.0 and m["cross_article_abstain_share"] == 1.0
+    assert m["auroc_null_margin"] == 1.0
+    assert m["em_f1_with_abstention"] == m["em_f1_no_abstention"]
