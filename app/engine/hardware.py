@@ -1,0 +1,58 @@
+"""What this machine offers the model: its CPU's instruction sets, and the bundle variant that suits them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.engine.bundle import BundleError
+
+# int8 dot products in hardware: x86 VNNI (AVX-512 or AVX) and AMX tiles, Arm's dot-product and matrix
+# extensions. ONNX Runtime's int8 kernels use them; without them x86 falls back to u8*s8 pairs that can
+# saturate (the reason for the quantizer's reduce_range), which costs accuracy as well as speed.
+INT8_DOT = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
+REPORTED = INT8_DOT | {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fp16", "bf16"}
+
+
+@dataclass(frozen=True)
+class Pick:
+    variant: str
+    reason: str
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The first processor's feature flags (x86 'flags', Arm 'Features'); empty where /proc is not Linux's."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def pick_variant(variants: Iterable[str], requested: str, on_cuda: bool, flags: frozenset[str]) -> Pick:
+    """The bundle variant to serve: the requested one, else the fastest faithful one for this device."""
+    have = list(variants)
+    if requested != "auto":
+        if requested not in have:
+            raise BundleError(f"variant {requested!r} not in bundle (has {sorted(have)})")
+        return Pick(requested, f"QA_MODEL_VARIANT={requested}")
+    if on_cuda:
+        for v, why in (("fp16", "CUDA: fp16 tensor cores"), ("fp32", "CUDA: the bundle has no fp16")):
+            if v in have:
+                return Pick(v, why)
+    else:
+        dot = sorted(flags & INT8_DOT)
+        if "int8" in have and dot:
+            return Pick("int8", f"CPU has int8 dot-product instructions ({', '.join(dot)})")
+        if "fp32" in have and "int8" in have:
+            return Pick("fp32", "CPU lacks int8 dot-product instructions (VNNI, AMX): fp32 is exact there")
+        if "fp32" in have:
+            return Pick("fp32", "CPU: the bundle has no int8")
+        if "int8" in have:
+            return Pick("int8", "the bundle's only CPU variant; this CPU lacks VNNI/AMX, so int8 runs slower there")
+    return Pick(have[0], "the bundle's only variant")

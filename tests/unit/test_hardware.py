@@ -1,0 +1,52 @@
+"""The variant the engine serves follows the device and the CPU's instruction sets, unless overridden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.engine.bundle import BundleError
+from app.engine.hardware import cpu_flags, pick_variant
+
+ZEN4 = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
+SAPPHIRE_RAPIDS = ZEN4 | {"amx_int8", "amx_bf16", "amx_tile"}
+HASWELL = frozenset({"avx2", "fma"})
+GRAVITON3 = frozenset({"asimd", "asimddp", "i8mm", "bf16"})
+
+
+@pytest.mark.parametrize("flags", [ZEN4, SAPPHIRE_RAPIDS, GRAVITON3])
+def test_int8_where_the_cpu_has_int8_dot_products(flags: frozenset[str]):
+    pick = pick_variant(["fp32", "int8"], "auto", False, flags)
+    assert pick.variant == "int8"
+    assert any(f in pick.reason for f in ("vnni", "amx_int8", "asimddp", "i8mm"))
+
+
+def test_fp32_where_int8_would_saturate():
+    assert pick_variant(["fp32", "int8"], "auto", False, HASWELL).variant == "fp32"
+    only = pick_variant(["int8"], "auto", False, HASWELL)
+    assert only.variant == "int8" and "lacks" in only.reason
+
+
+def test_cuda_prefers_fp16_then_fp32():
+    assert pick_variant(["fp32", "fp16", "int8"], "auto", True, ZEN4).variant == "fp16"
+    assert pick_variant(["fp32", "int8"], "auto", True, ZEN4).variant == "fp32"
+
+
+def test_override_wins_and_must_exist():
+    assert pick_variant(["fp32", "int8"], "fp32", False, ZEN4).reason == "QA_MODEL_VARIANT=fp32"
+    with pytest.raises(BundleError, match="not in bundle"):
+        pick_variant(["int8"], "fp16", False, ZEN4)
+
+
+def test_cpu_flags_reads_x86_and_arm(tmp_path: Path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(x86) == {"fpu", "avx2", "avx512_vnni"}
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\n")
+    assert cpu_flags(arm) == {"fp", "asimd", "asimddp"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+def test_fp32_only_bundle_says_so():
+    assert pick_variant(["fp32"], "auto", False, ZEN4).reason == "CPU: the bundle has no int8"
