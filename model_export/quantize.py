@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +122,84 @@ def quantize_weight_only(
     onnx.save(model, str(dst))
     log.info("weight-only int%d/int%s: %s (%d bytes)", matmul_bits, gather_bits, dst, dst.stat().st_size)
     return dst
+
+
+def smooth_activations(src: Path, dst: Path, feeds: Iterable[dict[str, np.ndarray]], alpha: float = 0.5) -> Path:
+    """SmoothQuant for dynamic int8: move activation outliers into the weights, exactly, before quantizing.
+
+    Dynamic int8 quantizes a matrix product's input with ONE scale per tensor. A few hidden channels of
+    BERT-style encoders carry values tens of times larger than the rest, so that scale leaves the other
+    channels a handful of levels: on the KorQuAD model, start/end argmax agreement with fp32 was 0.90.
+    For each product X @ W with constant W this divides input channel j by s_j and multiplies row j of W
+    by s_j, with s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) measured on `feeds` (training-split windows):
+    the same function in fp32, but flatter inputs for the quantizer. The division is a Mul on the
+    product's own input, because in a post-LayerNorm encoder that tensor also feeds the residual path.
+    (Xiao et al., "SmoothQuant", 2023.)
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    targets = [
+        (n, n.input[0], n.input[1])
+        for n in graph.node
+        if n.op_type in ("MatMul", "Attention") and len(n.input) > 1 and n.input[1] in inits
+    ]
+    if not targets:
+        raise ValueError(f"{src}: no MatMul or Attention with a constant weight to smooth")
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for x in dict.fromkeys(x for _, x, _ in targets):
+        if x not in known:
+            probe.graph.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    inputs = [i.name for i in session.get_inputs()]
+    amax: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        for name, value in zip(names, session.run(names, {k: feed[k] for k in inputs}), strict=True):
+            if name in {x for _, x, _ in targets}:
+                m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+                amax[name] = m if name not in amax else np.maximum(amax[name], m)
+    if not amax:
+        raise ValueError("no calibration batches")
+    for node, x, w_name in targets:
+        w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        s = amax[x] ** alpha / np.maximum(np.abs(w).max(axis=1), 1e-8) ** (1 - alpha)
+        s = np.clip(s, 1e-4, 1e4).astype(np.float32)
+        inits[w_name].CopyFrom(numpy_helper.from_array(w * s[:, None], w_name))
+        inv = numpy_helper.from_array((1.0 / s).astype(np.float32), f"{node.name}_smooth_inv")
+        graph.initializer.append(inv)
+        smoothed = f"{node.name}_smoothed_input"
+        graph.node.append(helper.make_node("Mul", [x, inv.name], [smoothed], name=f"{node.name}_smooth"))
+        node.input[0] = smoothed
+    _topological_sort(graph)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    log.info("smoothed %d products (alpha %.2f): %s", len(targets), alpha, dst)
+    return dst
+
+
+def _topological_sort(graph: object) -> None:
+    """Reorder nodes so each comes after its inputs' producers (new Mul nodes were appended at the end)."""
+    nodes = list(graph.node)  # type: ignore[attr-defined]
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}  # type: ignore[attr-defined]
+    ordered = []
+    pending = nodes
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ValueError("graph has a cycle or an input nobody produces")
+        pending = rest
+    del graph.node[:]  # type: ignore[attr-defined]
+    graph.node.extend(ordered)  # type: ignore[attr-defined]
