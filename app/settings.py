@@ -38,15 +38,19 @@ class Settings(BaseSettings):
     # --- model ---
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Model bundle directory (manifest.json inside).")
     model_variant: Literal["auto", "fp32", "fp16", "int8"] = Field(
-        "auto", description="Which ONNX file of the bundle to run; auto = fp16 on CUDA, int8 on CPU, else fp32."
+        "auto",
+        description="Which ONNX file of the bundle to run; auto = fp16 on CUDA, int8 on a CPU with int8 dot-product "
+        "instructions (VNNI, AMX, Arm dotprod), else fp32 when the bundle has it. /v1/models says what and why.",
     )
     providers: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto uses CUDA when onnxruntime-gpu sees a GPU, else CPU; cuda fails start-up without one."
     )
     intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads; 0 = the container's CPU quota.")
     inter_op_threads: int = Field(1, ge=1, description="ORT inter-op threads; graphs here are sequential.")
-    cpu_mem_arena: bool = Field(
-        False, description="ORT CPU arena; off because it keeps the high-water mark of the largest batch."
+    cpu_mem_arena: bool | None = Field(
+        None,
+        description="ORT CPU arena; unset = on when each call runs one window (the CPU default: 5% faster, and "
+        "one window's high-water mark is small), off when batching, where it would keep the largest batch's.",
     )
     warmup: bool = Field(True, description="Run a short and a full-size dummy batch before reporting ready.")
 
@@ -71,7 +75,12 @@ class Settings(BaseSettings):
     demo: bool = Field(True, description="Serve the demo page at / (static files, no CDN); off = / is a 404.")
 
     # --- batching ---
-    max_batch_windows: int = Field(32, ge=1, description="Windows per ONNX Runtime call.")
+    max_batch_windows: int = Field(
+        0,
+        ge=0,
+        description="Windows per ONNX Runtime call; 0 = auto: 1 on a CPU, where batching measured slower than one "
+        "window at a time (bench/engine_modes.py), 32 on CUDA.",
+    )
     max_batch_tokens: int = Field(
         8192, ge=1, description="Padded tokens (windows x longest window) per call; bounds memory."
     )

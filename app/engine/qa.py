@@ -51,6 +51,7 @@ class QAEngine:
         on_cuda = settings.providers == "cuda" or (settings.providers == "auto" and cuda_available())
         # Fail fast, before the port opens: a bundle that does not match its manifest is never served.
         manifest = read_manifest(self.bundle_dir)
+        self.on_cuda = on_cuda
         self.cpu_flags = cpu_flags()
         self.pick = pick_variant(manifest.variants, settings.model_variant, on_cuda, self.cpu_flags)
         self.variant = self.pick.variant
@@ -76,6 +77,20 @@ class QAEngine:
 
     # --- lifecycle ---
     @property
+    def max_batch_windows(self) -> int:
+        """On a CPU one window at a time, unpadded, is fastest; it also makes every window's result independent
+        of what else is queued, which dynamic int8 (activation scales per tensor) would otherwise not be."""
+        if self.settings.max_batch_windows:
+            return self.settings.max_batch_windows
+        return 32 if self.on_cuda else 1
+
+    @property
+    def cpu_mem_arena(self) -> bool:
+        if self.settings.cpu_mem_arena is not None:
+            return self.settings.cpu_mem_arena
+        return not self.on_cuda and self.max_batch_windows == 1
+
+    @property
     def model_name(self) -> str:
         return self.manifest.name
 
@@ -95,11 +110,11 @@ class QAEngine:
                 s.providers,
                 s.threads,
                 s.inter_op_threads,
-                s.cpu_mem_arena,
+                self.cpu_mem_arena,
             )
             self.batcher = Batcher(
                 self._infer,
-                max_windows=s.max_batch_windows,
+                max_windows=self.max_batch_windows,
                 max_tokens=s.max_batch_tokens,
                 max_delay_s=s.max_delay_ms / 1000,
                 max_queue=s.max_queue_windows,
@@ -146,7 +161,7 @@ class QAEngine:
         # admission control needs a cost estimate before the first request: time a warm full window
         self.batcher.cost.observe(min(run(1, L) for _ in range(2)), L)
         by_time = self.batcher.max_batch_s / max(self.batcher.cost.seconds(L), 1e-9)
-        n = int(max(1, min(self.settings.max_batch_windows, self.settings.max_batch_tokens // L, by_time)))
+        n = int(max(1, min(self.max_batch_windows, self.settings.max_batch_tokens // L, by_time)))
         if n > 1:
             run(n, L)
             self.trimmer.after_batch(n * L)
@@ -204,6 +219,7 @@ class QAEngine:
             "precision": self.variant,
             "file": self.model_file,
             "variant_reason": self.pick.reason,
+            "max_batch_windows": self.max_batch_windows,
             "cpu_features": sorted(self.cpu_flags & REPORTED),
             "execution_provider": self.runtime.provider if self.runtime else None,
             "scores": [s.model_dump() for s in m.scores],
@@ -218,7 +234,8 @@ class QAEngine:
 
     def _infer(self, windows: list[Window]) -> list[Logits]:
         assert self.runtime is not None
-        batch = pad_batch(windows, self.pad_id, PAD_MULTIPLE)
+        # a lone window needs no padding at all; a batch pads to a multiple that keeps kernels aligned
+        batch = pad_batch(windows, self.pad_id, PAD_MULTIPLE if len(windows) > 1 else 1)
         start, end = self.runtime.run(batch)
         self.trimmer.after_batch(batch["input_ids"].size)
         return [(start[i, : len(w)], end[i, : len(w)]) for i, w in enumerate(windows)]

@@ -1,0 +1,128 @@
+"""How to drive ONNX Runtime on a small CPU: threads, spinning, parallel sessions and batching, raw engine only.
+
+    python bench/engine_modes.py --bundle models/default [--variant int8] [--questions 100]
+
+Every mode runs the same windows (the first N KorQuAD test questions, as the service cuts them) and reports
+questions per second. No HTTP, tokenizing or decoding: this decides how the service should call the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from app.engine.runtime import OrtRuntime  # noqa: E402
+from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id  # noqa: E402
+from bench.peers import DATA, load_items  # noqa: E402
+
+
+def session(bundle: Path, m: dict, variant: str, threads: int, spin: bool) -> OrtRuntime:
+    rt = OrtRuntime(bundle / m["variants"][variant], m["input_names"], m["output_names"], "cpu", threads)
+    if spin:  # OrtRuntime turns spinning off; rebuild with it on
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = False
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        rt.session = ort.InferenceSession(
+            str(bundle / m["variants"][variant]), opts, providers=["CPUExecutionProvider"]
+        )
+    return rt
+
+
+def run_serial(rt: OrtRuntime, batches: list[dict[str, np.ndarray]]) -> float:
+    for b in batches[:2]:
+        rt.run(b)
+    t0 = time.perf_counter()
+    for b in batches:
+        rt.run(b)
+    return time.perf_counter() - t0
+
+
+def run_parallel(rts: list[OrtRuntime], batches: list[dict[str, np.ndarray]]) -> float:
+    for rt in rts:
+        rt.run(batches[0])
+    lock = threading.Lock()
+    todo = list(range(len(batches)))
+
+    def worker(rt: OrtRuntime) -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i = todo.pop()
+            rt.run(batches[i])
+
+    threads = [threading.Thread(target=worker, args=(rt,)) for rt in rts]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, default=REPO / "models" / "default")
+    ap.add_argument("--variant", default="int8")
+    ap.add_argument("--questions", type=int, default=100)
+    ap.add_argument("--cores", type=int, default=2)
+    args = ap.parse_args()
+    from tokenizers import Tokenizer
+
+    m = json.loads((args.bundle / "manifest.json").read_text())
+    tok = Tokenizer.from_file(str(args.bundle / m["tokenizer"]))
+    pad = pad_token_id(tok)
+    items = load_items(DATA, slice(112, 140))[: args.questions]
+    win = {k: m[k] for k in ("max_seq_length", "doc_stride", "max_query_length")}
+    windows = [
+        w for p in encode_pairs(tok, [(it["question"], it["context"]) for it in items]) for w in make_windows(p, **win)
+    ]
+    n, c = len(items), args.cores
+    single = [pad_batch([w], pad, 1) for w in windows]
+    single32 = [pad_batch([w], pad, 32) for w in windows]
+    by_len = sorted(windows, key=len)
+    rows = []
+
+    def report(name: str, seconds: float) -> None:
+        rows.append({"mode": name, "qps": round(n / seconds, 2), "windows": len(windows)})
+        print(f"{name:55s} {n / seconds:6.2f} q/s", flush=True)
+
+    report(
+        f"1 session x {c} threads, per window, no padding",
+        run_serial(session(args.bundle, m, args.variant, c, False), single),
+    )
+    report(
+        f"1 session x {c} threads, per window, padded to 32",
+        run_serial(session(args.bundle, m, args.variant, c, False), single32),
+    )
+    report(
+        f"1 session x {c} threads, spinning, per window",
+        run_serial(session(args.bundle, m, args.variant, c, True), single),
+    )
+    for bs in (4, 8):
+        batches = [pad_batch(by_len[i : i + bs], pad, 32) for i in range(0, len(by_len), bs)]
+        report(
+            f"1 session x {c} threads, length-sorted batches of {bs}",
+            run_serial(session(args.bundle, m, args.variant, c, False), batches),
+        )
+    rts = [session(args.bundle, m, args.variant, 1, False) for _ in range(c)]
+    report(f"{c} sessions x 1 thread in parallel, per window", run_parallel(rts, single))
+    report("1 session x 1 thread, per window", run_serial(rts[0], single))
+    print(json.dumps({"command": " ".join(["python", "bench/engine_modes.py", *sys.argv[1:]]), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
