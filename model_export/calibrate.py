@@ -73,6 +73,53 @@ def save_logits(
     )
 
 
+def checkpoint_logits(
+    model_dir: Path, examples: Sequence[Example], w: Any, threads: int = 2
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per-window logits of a transformers checkpoint (GPU when there is one), in make_windows order."""
+    from model_export.evaluate import WindowSettings, open_checkpoint
+
+    settings = WindowSettings(w.max_seq_length, w.doc_stride, w.max_query_length)
+    predictor = open_checkpoint(model_dir, settings, 64, threads)
+    per = windows_for(predictor.tokenizer, examples, w)
+    flat = predictor._logits([x for ws in per for x in ws])
+    out, pos = [], 0
+    for ws in per:
+        out.append(flat[pos : pos + len(ws)])
+        pos += len(ws)
+    return out
+
+
+def write_dev_logits(model_dir: Path, examples: Sequence[Example], w: Any, path: Path) -> Path:
+    """own/ (each question with its paragraph) and cross/ (with another article's) logits in one npz."""
+    cross = cross_article_pairs(list(examples), random.Random(0))
+    tmp = path.with_suffix(".parts")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_logits(tmp / "own.npz", examples, checkpoint_logits(model_dir, examples, w))
+    save_logits(tmp / "cross.npz", cross, checkpoint_logits(model_dir, cross, w))
+    with np.load(tmp / "own.npz") as own, np.load(tmp / "cross.npz") as neg:
+        np.savez(path, **{f"own/{k}": own[k] for k in own.files}, **{f"cross/{k}": neg[k] for k in neg.files})
+    return path
+
+
+def fit_from_logits(
+    logits: Path, data: str, articles: str, tokenizer: PairTokenizer, w: Any, trim_suffixes: Sequence[str]
+) -> tuple[dict[str, Any], list[Outcome]]:
+    """Fit calibration and threshold from a dev-logits npz; returns (the manifest's record, own outcomes)."""
+    dev = load_examples(data, articles)
+    cross = cross_article_pairs(dev, random.Random(0))
+    with np.load(logits) as z:
+        ids_own, own_logits = load_logits(z, "own/")
+        ids_cross, cross_logits = load_logits(z, "cross/")
+    if ids_own != [e.id for e in dev] or ids_cross != [e.id for e in cross]:
+        raise ValueError(f"{logits}: its questions are not those of {data} articles {articles}")
+    own = outcomes(dev, windows_for(tokenizer, dev, w), own_logits, trim_suffixes)
+    neg = outcomes(cross, windows_for(tokenizer, cross, w), cross_logits, trim_suffixes)
+    calibration = fit_platt(own)
+    threshold = fit_null_threshold(own, neg)
+    return {"fitted_on": f"{Path(data).name} articles {articles}", **measure(own, neg, calibration, threshold)}, own
+
+
 def load_logits(z: Any, prefix: str = "") -> tuple[list[str], list[list[tuple[np.ndarray, np.ndarray]]]]:
     counts, lengths = z[f"{prefix}windows_per_example"], z[f"{prefix}lengths"]
     starts = np.split(z[f"{prefix}start"], np.cumsum(lengths)[:-1])
@@ -253,42 +300,86 @@ def reliability_plot(
     plt.close(fig)
 
 
+def bundle_logits(bundle_dir: Path, examples: Sequence[Example], threads: int = 2) -> tuple[Any, list, list]:
+    """The shipped ONNX file's per-window logits, one window per call as the CPU service runs them."""
+    from tokenizers import Tokenizer
+
+    from app.engine.bundle import read_manifest
+    from app.engine.hardware import cpu_flags, pick_variant
+    from app.engine.runtime import OrtRuntime
+    from app.engine.windows import pad_batch, pad_token_id
+
+    m = read_manifest(bundle_dir)
+    variant = pick_variant(m.variants, "auto", False, cpu_flags()).variant
+    rt = OrtRuntime(bundle_dir / m.variants[variant], m.input_names, m.output_names, "cpu", threads)
+    tok = Tokenizer.from_file(str(bundle_dir / m.tokenizer))
+    pad = pad_token_id(tok)
+    per = windows_for(tok, examples, m)
+    logits = []
+    for ws in per:
+        out = []
+        for w in ws:
+            s, e = rt.run(pad_batch([w], pad))
+            out.append((s[0], e[0]))
+        logits.append(out)
+    return m, per, logits
+
+
+def measure_bundle(bundle_dir: Path, data: str, articles: str, out: Path, threads: int = 2) -> dict[str, Any]:
+    """The shipped bundle's calibration and abstention figures on `articles` (the test split), with its own
+    calibration and threshold; writes calibration_test.json and reliability_test.png into `out`."""
+    examples = load_examples(data, articles)
+    cross = cross_article_pairs(examples, random.Random(0))
+    m, per, logits = bundle_logits(bundle_dir, examples, threads)
+    _, per_x, logits_x = bundle_logits(bundle_dir, cross, threads)
+    own = outcomes(examples, per, logits, m.trim_suffixes)
+    neg = outcomes(cross, per_x, logits_x, m.trim_suffixes)
+    result = {
+        "bundle": str(bundle_dir),
+        "measured_on": f"{Path(data).name} articles {articles}",
+        **measure(own, neg, m.score_calibration, m.null_threshold),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration_test.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    reliability_plot(own, m.score_calibration, out / "reliability_test.png", f"test split (articles {articles})")
+    return result
+
+
 def _calibrate_command(args: argparse.Namespace) -> int:
+    if args.bundle:
+        result = measure_bundle(Path(args.bundle), args.data, args.articles, Path(args.out))
+        print(json.dumps(result, indent=1))
+        return 0
     from model_export.train import load_tokenizer
 
-    tokenizer = load_tokenizer(args.tokenizer)
-    dev = load_examples(args.data, args.articles)
-    cross = cross_article_pairs(dev, random.Random(0))
+    if not (args.logits and args.tokenizer):
+        raise SystemExit("calibrate: give --logits and --tokenizer to fit, or --bundle to measure")
     windows = argparse.Namespace(
         max_seq_length=args.max_seq_length, doc_stride=args.doc_stride, max_query_length=args.max_query_length
     )
-    with np.load(args.logits) as z:
-        ids_own, own_logits = load_logits(z, "own/")
-        ids_cross, cross_logits = load_logits(z, "cross/")
-    if ids_own != [e.id for e in dev] or ids_cross != [e.id for e in cross]:
-        raise SystemExit(f"{args.logits}: its questions are not those of {args.data} articles {args.articles}")
-    own = outcomes(dev, windows_for(tokenizer, dev, windows), own_logits, args.trim_suffixes)
-    neg = outcomes(cross, windows_for(tokenizer, cross, windows), cross_logits, args.trim_suffixes)
-    calibration = fit_platt(own)
-    threshold = fit_null_threshold(own, neg)
-    result = {"fitted_on": f"{args.data} articles {args.articles}", **measure(own, neg, calibration, threshold)}
+    tokenizer = load_tokenizer(args.tokenizer)
+    result, own = fit_from_logits(Path(args.logits), args.data, args.articles, tokenizer, windows, args.trim_suffixes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    reliability_plot(own, calibration, out / "reliability_dev.png", f"dev slice (articles {args.articles})")
+    a, b = result["score_calibration"]
+    reliability_plot(own, (a, b), out / "reliability_dev.png", f"dev slice (articles {args.articles})")
     print(json.dumps(result, indent=1))
     return 0
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("calibrate", help="fit the score temperature and the null threshold on a dev slice")
-    p.add_argument("--logits", required=True, help="npz of own/ and cross/ per-window logits (scripts/device)")
+    p = subparsers.add_parser(
+        "calibrate", help="fit score calibration and the null threshold on a dev slice, or measure a bundle's"
+    )
+    p.add_argument("--logits", help="fit: npz of own/ and cross/ per-window logits (model_export build writes one)")
+    p.add_argument("--bundle", help="measure instead: a bundle's figures with its own calibration and threshold")
     p.add_argument("--data", required=True, help="SQuAD-format JSON holding the dev articles")
     p.add_argument("--articles", default="100:112", help="the dev slice of the training articles")
-    p.add_argument("--tokenizer", required=True, help="dir with the model's tokenizer.json")
+    p.add_argument("--tokenizer", help="fit: dir with the model's tokenizer.json")
     p.add_argument("--trim-suffixes", nargs="*", default=[], help="the bundle's trim_suffixes")
     p.add_argument("--max-seq-length", type=int, default=384)
     p.add_argument("--doc-stride", type=int, default=128)
     p.add_argument("--max-query-length", type=int, default=64)
-    p.add_argument("--out", required=True, help="calibration.json and reliability_dev.png")
+    p.add_argument("--out", required=True, help="calibration[_test].json and reliability_{dev,test}.png")
     p.set_defaults(func=_calibrate_command)

@@ -82,6 +82,8 @@ class ExportSection(_Section):
     bundle_variants: list[Variant] | None = None  # shipped; default: all of `variants`
     int8_method: Literal["dynamic", "weight-only"] = "dynamic"
     per_channel: bool = True  # dynamic
+    smooth_alpha: float | None = Field(0.7, gt=0, lt=1)  # dynamic: SmoothQuant migration strength; None = off
+    calibration_windows: int = Field(64, ge=1)  # dynamic + smoothing: training-split windows measured
     quantize_embeddings: bool = True  # dynamic
     matmul_bits: int = 8  # weight-only
     gather_bits: int | None = 4  # weight-only
@@ -114,6 +116,18 @@ class ValidateSection(_Section):
         return {k: v.model_dump(exclude_none=True) for k, v in self.tolerances.items()}
 
 
+class CalibrateSection(_Section):
+    """Score calibration and the null threshold, fitted on a dev slice of the training articles.
+
+    A model of the same recipe is trained on `fit_articles` only (its logits on `dev_articles` are kept in
+    work_dir/calibrate/dev_logits.npz and reused), so the fit never sees a question the scored model trained on.
+    """
+
+    enabled: bool = False
+    fit_articles: str = "0:100"
+    dev_articles: str = "100:112"
+
+
 class EvaluateSection(_Section):
     batch_size: int = Field(32, ge=1)
     max_answer_length: int = Field(30, ge=1)
@@ -134,6 +148,7 @@ class BuildConfig(_Section):
     train: TrainSection = TrainSection()  # type: ignore[valid-type]
     prune: PruneSection = PruneSection()
     decode: DecodeSection = DecodeSection()
+    calibrate: CalibrateSection = CalibrateSection()
     export: ExportSection = ExportSection()
     validate_: ValidateSection = Field(ValidateSection(), alias="validate")
     evaluate: EvaluateSection = EvaluateSection()

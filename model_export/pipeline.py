@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engine.bundle import MANIFEST, Manifest, Score, read_manifest
+from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id
 from model_export.bundle import BUNDLE_FILE_NAMES, training_record, write_bundle
 from model_export.config import BuildConfig, ExportSection
 from model_export.data import Example, load_examples
@@ -165,6 +166,41 @@ def trim_suffix_stage(cfg: BuildConfig, model_dir: Path, train_examples: list[Ex
     return [r.suffix for r in rules]
 
 
+def int8_description(exp: ExportSection) -> str:
+    smoothed = exp.int8_method == "dynamic" and exp.smooth_alpha
+    return exp.int8_method + (f", SmoothQuant alpha {exp.smooth_alpha}" if smoothed else "")
+
+
+def calibrate_stage(cfg: BuildConfig, base_dir: Path, model_dir: Path, trim: Sequence[str]) -> dict[str, Any]:
+    """Platt calibration and the null threshold from a same-recipe model trained without the dev articles."""
+    from model_export.calibrate import fit_from_logits, write_dev_logits
+    from model_export.train import TrainConfig, load_tokenizer, train
+
+    c = cfg.calibrate
+    work = Path(cfg.work_dir) / "calibrate"
+    logits = work / "dev_logits.npz"
+    w = cfg.windows
+    if logits.is_file():
+        log.info("calibrate: reusing %s", logits)
+    else:
+        fit_model = train(
+            TrainConfig(
+                base_model=str(base_dir),
+                train_file=cfg.data.file,
+                output_dir=str(work / "train"),
+                train_articles=c.fit_articles,
+                max_seq_length=w.max_seq_length,
+                doc_stride=w.doc_stride,
+                max_query_length=w.max_query_length,
+                **cfg.train.model_dump(),
+            )
+        )
+        write_dev_logits(fit_model, load_examples(cfg.data.file, c.dev_articles), w, logits)
+    record, _ = fit_from_logits(logits, cfg.data.file, c.dev_articles, load_tokenizer(str(model_dir)), w, trim)
+    log.info("calibration: %s", record)
+    return record
+
+
 # ---------------------------------------------------------------- export / quantize / validate
 
 
@@ -178,14 +214,30 @@ def export_stage(
     return made, read_export_info(onnx_dir)
 
 
-def quantize_stage(onnx_dir: Path, fp32: Path, exp: ExportSection) -> Path:
-    """int8 for the CPU: dynamic (MatMulInteger, fastest on VNNI/AMX) or weight-only (batch-independent)."""
-    from model_export.quantize import quantize_int8, quantize_weight_only
+def quantize_stage(
+    onnx_dir: Path,
+    fp32: Path,
+    exp: ExportSection,
+    tokenizer: Any = None,
+    pairs: Sequence[tuple[str, str]] = (),
+    windows: Windows | None = None,
+) -> Path:
+    """int8 for the CPU: dynamic (MatMulInteger, fastest on VNNI/AMX), smoothed first when `pairs` are given
+    (windows of them calibrate SmoothQuant), or weight-only (fp32 activations, slower)."""
+    from model_export.quantize import quantize_int8, quantize_weight_only, smooth_activations
 
     dst = onnx_dir / "model.int8.onnx"
     if exp.int8_method == "weight-only":
         # the unfused graph: fused Attention nodes hide their MatMuls from the weight-only quantizer
         return quantize_weight_only(onnx_dir / "model.raw.onnx", dst, exp.matmul_bits, exp.gather_bits, exp.block_size)
+    if exp.smooth_alpha and pairs and tokenizer is not None and windows is not None:
+        wins = [
+            w
+            for p in encode_pairs(tokenizer, list(pairs))
+            for w in make_windows(p, windows.max_seq_length, windows.doc_stride, windows.max_query_length)
+        ][: exp.calibration_windows]
+        feeds = [pad_batch([w], pad_token_id(tokenizer)) for w in wins]
+        fp32 = smooth_activations(fp32, onnx_dir / "model.smooth.onnx", feeds, exp.smooth_alpha)
     return quantize_int8(fp32, dst, exp.per_channel, exp.quantize_embeddings)
 
 
@@ -289,7 +341,16 @@ def build(cfg: BuildConfig, command: str) -> Path:
     model = load_qa_model(model_dir)
     made, info = export_stage(model_dir, onnx_dir, exp.variants, exp.opset, model)
     if "int8" in exp.variants:
-        made["int8"] = quantize_stage(onnx_dir, made["fp32"], exp)
+        # calibration comes from the training split, away from the validation questions (its first ones)
+        cal = train_examples[cfg.validate_.max_examples :: 17]
+        made["int8"] = quantize_stage(
+            onnx_dir,
+            made["fp32"],
+            exp,
+            load_tokenizer(str(model_dir)),
+            [(e.question, e.context) for e in cal],
+            Windows(**cfg.windows.model_dump()),
+        )
     windows = Windows(**cfg.windows.model_dump())
     # validation pairs come from the training split: nothing is tuned on them, but test stays untouched
     val = train_examples[: cfg.validate_.max_examples]
@@ -318,7 +379,18 @@ def build(cfg: BuildConfig, command: str) -> Path:
         "training": training_record(model_dir),
         "command": command,
     }
-    manifest_extra = {"trim_suffixes": trim, "vocabulary_pruning": prune_report, "int8_method": exp.int8_method}
+    manifest_extra: dict[str, Any] = {
+        "trim_suffixes": trim,
+        "vocabulary_pruning": prune_report,
+        "int8_method": int8_description(exp),
+    }
+    if cfg.calibrate.enabled:
+        calibration = calibrate_stage(cfg, base_dir, model_dir, trim)
+        manifest_extra |= {
+            "score_calibration": calibration["score_calibration"],
+            "null_threshold": calibration["null_threshold"],
+            "calibration": calibration,
+        }
     # every variant is scored from a bundle, the same files and code path the service will use
     staged = write_bundle(
         work / "bundle-all", onnx_files={v: made[v] for v in exp.variants}, extra=manifest_extra, **common
@@ -341,7 +413,7 @@ def build(cfg: BuildConfig, command: str) -> Path:
         meta={"data": cfg.data.file, "articles": cfg.data.test_articles},
     )
     shipped = exp.shipped
-    return write_bundle(
+    bundle = write_bundle(
         Path(cfg.bundle_dir),
         onnx_files={v: made[v] for v in shipped},
         scores=[s for s in scores if s["variant"] in shipped],
@@ -354,6 +426,21 @@ def build(cfg: BuildConfig, command: str) -> Path:
         },
         **common,
     )
+    if cfg.calibrate.enabled:
+        calibration_test_stage(bundle, cfg.data.file, cfg.data.test_articles, work / "calibration-test")
+    return bundle
+
+
+def calibration_test_stage(bundle: Path, data: str, articles: str, out: Path) -> dict[str, Any]:
+    """The shipped bundle's abstention and calibration figures on the test split, recorded in its manifest."""
+    from model_export.calibrate import measure_bundle
+
+    result = measure_bundle(bundle, data, articles, out)
+    manifest = read_manifest(bundle)
+    extra = manifest.model_extra or {}
+    extra["calibration_test"] = result
+    (bundle / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    return result
 
 
 # ---------------------------------------------------------------- bundle: a fine-tuned QA checkpoint -> bundle
@@ -521,7 +608,10 @@ def bundle_checkpoint(
     onnx_dir = work / "onnx"
     made, info = export_stage(source, onnx_dir, variants, exp.opset, model)
     if "int8" in variants:
-        made["int8"] = quantize_stage(onnx_dir, made["fp32"], exp)
+        # a user's checkpoint comes without training data: the validation samples calibrate the smoothing
+        from model_export.validate import SAMPLE_PAIRS
+
+        made["int8"] = quantize_stage(onnx_dir, made["fp32"], exp, backend, SAMPLE_PAIRS, win)
     files = {v: made[v] for v in variants}
     report = validate_stage(
         model, backend, files, info, win, tolerances=tolerances, report_path=onnx_dir / "validation.json"
@@ -544,7 +634,7 @@ def bundle_checkpoint(
         max_bytes=int(exp.max_bundle_mb * 2**20) if exp.max_bundle_mb else None,
         extra={
             "trim_suffixes": list(trim_suffixes),
-            "int8_method": exp.int8_method if "int8" in variants else None,
+            "int8_method": int8_description(exp) if "int8" in variants else None,
             "model_type": info["model_type"],
             "tokenizer_class": type(tokenizer).__name__,
             "exporter": info.get("exporter"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 import time
 from pathlib import Path
@@ -25,44 +24,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from model_export.calibrate import write_dev_logits
 from model_export.config import load_build_config
-from model_export.data import cross_article_pairs, load_examples
+from model_export.data import load_examples
 from model_export.sweep import best_trial, run_sweep, trial_config
 
 log = logging.getLogger("gpu_train")
 FILE_LIMIT = 15 * 2**20
-
-
-def dev_logits(model_dir: Path, examples: list, windows, out: Path) -> None:  # noqa: ANN001
-    """Per-window start/end logits, in make_windows order, for later decoding on the CPU."""
-    from app.engine.windows import encode_pairs, make_windows
-    from model_export.evaluate import open_checkpoint
-
-    predictor = open_checkpoint(model_dir, windows, 64, 4, "auto")
-    ids, lengths, starts, ends, counts = [], [], [], [], []
-    for c in range(0, len(examples), 256):
-        chunk = examples[c : c + 256]
-        per = [
-            make_windows(enc, windows.max_seq_length, windows.doc_stride, windows.max_query_length)
-            for enc in encode_pairs(predictor.tokenizer, [(e.question, e.context) for e in chunk])
-        ]
-        flat = [w for ws in per for w in ws]
-        logits = predictor._logits(flat)
-        for e, ws in zip(chunk, per, strict=True):
-            ids.append(e.id)
-            counts.append(len(ws))
-        for s, t in logits:
-            lengths.append(len(s))
-            starts.append(s)
-            ends.append(t)
-    np.savez(
-        out,
-        ids=np.array(ids),
-        windows_per_example=np.array(counts),
-        lengths=np.array(lengths),
-        start=np.concatenate(starts).astype(np.float32),
-        end=np.concatenate(ends).astype(np.float32),
-    )
 
 
 def pack_delta(final_dir: Path, base_dir: Path, out: Path) -> list[Path]:
@@ -167,14 +135,7 @@ def main() -> int:
     fit_dev = json.loads(Path(best["dir"], "training.json").read_text())["config"]
     windows = WindowSettings(fit_dev["max_seq_length"], fit_dev["doc_stride"], fit_dev["max_query_length"])
     dev = load_examples(args.data, best["dev_articles"])
-    dev_logits(Path(best["dir"]), dev, windows, work / "dev_own.npz")
-    dev_logits(Path(best["dir"]), cross_article_pairs(dev, random.Random(0)), windows, work / "dev_cross.npz")
-    with np.load(work / "dev_own.npz") as own, np.load(work / "dev_cross.npz") as cross:
-        np.savez(
-            out / "dev_logits.npz",
-            **{f"own/{k}": own[k] for k in own.files},
-            **{f"cross/{k}": cross[k] for k in cross.files},
-        )
+    write_dev_logits(Path(best["dir"]), dev, windows, out / "dev_logits.npz")
     log.info("dev logits written after %.0f s", time.monotonic() - t0)
 
     from model_export.train import train
