@@ -11,8 +11,8 @@ under runs/peers/ and bundled with `python -m model_export bundle` (fp32 and int
 Rows, each over the first N questions of the test articles (112+) with their own paragraphs, batch 1:
   transformers  `pipeline("question-answering")` on PyTorch fp32, torch threads = the CPU quota
   optimum       optimum's ORTModelForQuestionAnswering (its own export) in optimum's pipeline
-  raw ORT       the bundle's fp32 graph on the repository's windows, sorted by length, nothing else timed:
-                the ceiling for any server of this model on this machine
+  raw ORT       the bundle's fp32 graph (and its int8, or fp16 on CUDA) on the repository's windows, one per
+                call, nothing else timed: the ceiling for any server of this model on this machine
   service       `python -m app` over HTTP, driven by bench/load.py in its own process at 1 and 16 clients,
                 on the fp32 variant (same precision as the peers) and on int8 (fp16 on CUDA)
 Prints a markdown table (q/s, p50, p99, ratio to the best of transformers and optimum), writes JSON and a PNG.
@@ -203,7 +203,9 @@ def run_optimum(
     )
 
 
-def run_raw(bundle: Path, items: list[dict[str, str]], win: dict[str, int], device: str, threads: int):
+def run_raw(
+    bundle: Path, items: list[dict[str, str]], win: dict[str, int], device: str, threads: int, variant: str = "fp32"
+):
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -218,11 +220,12 @@ def run_raw(bundle: Path, items: list[dict[str, str]], win: dict[str, int], devi
     windows.sort(key=lambda qw: len(qw[1]))
     batches = [(q, pad_batch([w], pad)) for q, w in windows]  # built before the clock starts
     rt = OrtRuntime(
-        bundle / m["variants"]["fp32"],
+        bundle / m["variants"][variant],
         m["input_names"],
         m["output_names"],
         providers="cuda" if device == "cuda" else "cpu",
         intra_op_threads=threads,
+        cpu_mem_arena=True,  # as the service runs one window per call (and as optimum's session does)
     )
     for _, b in (batches[0], batches[-1]):  # untimed: first runs of the shortest and longest shapes
         rt.run(b)
@@ -234,11 +237,11 @@ def run_raw(bundle: Path, items: list[dict[str, str]], win: dict[str, int], devi
         per_question[q] += time.perf_counter() - t
     wall = time.perf_counter() - t0
     return summary(
-        "raw ORT",
+        "raw ORT" if variant == "fp32" else f"raw ORT {variant}",
         per_question,
         wall,
         windows=len(windows),
-        engine=f"onnxruntime {ort.__version__} fp32 ({rt.provider}), {threads} threads",
+        engine=f"onnxruntime {ort.__version__} {variant} ({rt.provider}), {threads} threads, one window per call",
     )
 
 
@@ -248,16 +251,38 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+STAGES = ("inference", "tokenize", "decode")
+
+
+def stage_seconds(base: str) -> dict[str, float]:
+    """The server's total seconds so far in ONNX Runtime, tokenizing and decoding (qa_*_seconds_sum, /metrics)."""
+    import httpx
+
+    sums = {}
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        for stage in STAGES:
+            if line.startswith(f"qa_{stage}_seconds_sum"):
+                sums[stage] = float(line.split()[-1])
+    if set(sums) != set(STAGES):
+        raise RuntimeError(f"/metrics lacks {set(STAGES) - set(sums)}")
+    return sums
+
+
 def run_service(bundle: Path, variant: str, n: int, device: str) -> list[dict[str, Any]]:
     env = {"QA_MODEL_VARIANT": variant, "QA_PROVIDERS": "cuda" if device == "cuda" else "cpu"}
     rows = []
     with server(env, str(bundle)) as (proc, base):
         for clients in CLIENTS:
-            cpu0 = proc_cpu_s(proc.pid)
+            cpu0, before = proc_cpu_s(proc.pid), stage_seconds(base)
             cmd = [sys.executable, str(REPO / "bench" / "load.py"), "--url", base, "--concurrency", str(clients)]
             cmd += ["--questions", str(n), "--requests", str(n), "--warmup", str(min(2, n))]
             out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
+            # /metrics also counts load.py's warmup requests: take the timed requests' share of the engine time
+            warmup = min(2, n)
+            after = stage_seconds(base)
+            spent = {k: (after[k] - before[k]) * n / (n + warmup) for k in STAGES}
+            engine_s = spent["inference"]
             rows.append(
                 {
                     "name": f"service {variant}, {clients} client{'s' if clients > 1 else ''}",
@@ -272,6 +297,14 @@ def run_service(bundle: Path, variant: str, n: int, device: str) -> list[dict[st
                     "load_generator_cpu_s": r["client_cpu_s"],
                     # includes the warmup requests; those are few
                     "server_cpu_s": round(proc_cpu_s(proc.pid) - cpu0, 2),
+                    "engine_s": round(engine_s, 2),
+                    "tokenize_s": round(spent["tokenize"], 2),
+                    "decode_s": round(spent["decode"], 2),
+                    # > 0: tokenizing and decoding ran while the engine worked (they run off the event loop)
+                    "overlap_s": round(sum(spent.values()) - r["wall_s"], 2),
+                    # what HTTP, tokenizing, decoding and queueing add to the engine's own time, one client
+                    # at a time: wall time the engine was not running, over engine time
+                    "overhead_vs_engine": round(r["wall_s"] / engine_s - 1, 3) if clients == 1 else None,
                 }
             )
     return rows
@@ -295,6 +328,13 @@ def notes(row: dict[str, Any]) -> str:
         parts.append(
             f"load generator {row['load_generator_cpu_s']:.2f} s CPU, server {row['server_cpu_s']:.1f} s CPU,"
             f" in {row['wall_s']:.1f} s"
+        )
+    if row.get("overhead_vs_engine") is not None:
+        parts.append(f"overhead {100 * row['overhead_vs_engine']:.1f}% of engine time")
+    if "tokenize_s" in row:
+        parts.append(
+            f"engine {row['engine_s']:.1f} s, tokenize {row['tokenize_s']:.2f} s, decode {row['decode_s']:.2f} s,"
+            f" overlapped {max(row['overlap_s'], 0):.2f} s"
         )
     if row.get("errors"):
         parts.append(f"{row['errors']} errors")
@@ -392,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows.append(run_optimum(checkpoint, onnx_dir, items, win, args.device, threads))
     if "raw" not in args.skip:
         rows.append(run_raw(bundle, items, win, args.device, threads))
+        rows.append(run_raw(bundle, items, win, args.device, threads, extra))
     if "service" not in args.skip:
         for variant in ("fp32", extra):
             rows += run_service(bundle, variant, len(items), args.device)
