@@ -255,10 +255,11 @@ class EnginePredictor:
             providers="cpu",
             intra_op_threads=threads,
             warmup=False,
-            max_batch_windows=batch_size,
-            max_batch_tokens=max(8192, batch_size * 512),
+            # batches as the service makes them on this device (one window per call on a CPU): with dynamic
+            # int8, batching moves the logits, so any other choice would score a different model
+            max_batch_windows=0,
             max_delay_ms=0.0,
-            max_batch_ms=float(huge),  # batch_size alone sizes batches; no latency budget offline
+            max_batch_ms=float(huge),  # no latency budget offline
             stall_timeout_s=float(huge),
             max_queue_windows=huge,
             max_windows_per_request=huge,
@@ -425,7 +426,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="directory for predictions.json, nbest.json and scores.json")
     p.add_argument("--variant", default="auto", help="bundle precision: int8|fp32|fp16 (auto: int8 if present)")
     p.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens (local models)")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per model call, or questions per request")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="checkpoint: windows per model call; service: questions per request (a bundle batches as the service)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPUs this process may use)")
     p.add_argument("--max-seq-length", type=int, default=None, help="checkpoint only (default: training.json, 384)")
     p.add_argument("--doc-stride", type=int, default=None, help="checkpoint only (default: training.json, 128)")

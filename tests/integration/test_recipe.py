@@ -93,3 +93,26 @@ def test_sweep_scores_every_trial_on_the_dev_slice_and_distills(tiny_bundle: Pat
     assert "| S: student |" in results_table(results)
     lines = (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4 and np.isfinite(json.loads(lines[0])["final"]["korquad_f1"])
+
+
+def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(tiny_bundle: Path, tmp_path: Path):
+    """The build's calibrate path end to end on the tiny model: dev logits -> fit -> a bundle's test figures."""
+    from app.engine.bundle import read_manifest
+    from model_export.calibrate import fit_from_logits, measure_bundle, write_dev_logits
+    from model_export.evaluate import WindowSettings
+    from model_export.train import load_tokenizer
+
+    hf = tiny_bundle.parent / "hf"
+    m = read_manifest(tiny_bundle)
+    w = WindowSettings(m.max_seq_length, m.doc_stride, m.max_query_length)
+    dev = load_examples(str(KORQUAD_DEV), "100:102")
+    logits = write_dev_logits(hf, dev, w, tmp_path / "dev_logits.npz")
+    record, own = fit_from_logits(logits, str(KORQUAD_DEV), "100:102", load_tokenizer(str(hf)), w, ())
+    assert len(own) == len(dev) and record["n_cross_article"] == len(dev)
+    assert 0 <= record["answered_share"] <= 1 and len(record["score_calibration"]) == 2
+    with pytest.raises(ValueError, match="not those of"):
+        fit_from_logits(logits, str(KORQUAD_DEV), "101:103", load_tokenizer(str(hf)), w, ())
+    result = measure_bundle(tiny_bundle, str(KORQUAD_DEV), "120:122", tmp_path / "test")
+    assert result["n_answerable"] == result["n_cross_article"] > 0
+    assert (tmp_path / "test" / "reliability_test.png").stat().st_size > 0
+    assert json.loads((tmp_path / "test" / "calibration_test.json").read_text())["ece_before"] >= 0

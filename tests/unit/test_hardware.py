@@ -48,5 +48,6 @@ def test_cpu_flags_reads_x86_and_arm(tmp_path: Path):
     assert cpu_flags(arm) == {"fp", "asimd", "asimddp"}
     assert cpu_flags(tmp_path / "missing") == frozenset()
 
+
 def test_fp32_only_bundle_says_so():
     assert pick_variant(["fp32"], "auto", False, ZEN4).reason == "CPU: the bundle has no int8"
