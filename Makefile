@@ -21,8 +21,8 @@ setup-dev: $(VENV)/bin/activate
 	$(PY) -m pip install --quiet -e ".[cpu,export,dev]"
 
 test: setup-dev
-	$(PY) -m ruff check app model_export tests bench
-	$(PY) -m ruff format --check app model_export tests bench
+	$(PY) -m ruff check app model_export tests bench scripts
+	$(PY) -m ruff format --check app model_export tests bench scripts
 	$(PY) -m pytest -q
 
 clean:

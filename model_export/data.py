@@ -112,17 +112,23 @@ def training_features(
     return features
 
 
+def paragraphs_by_title(examples: list[Example]) -> dict[str, list[str]]:
+    """Each article's distinct paragraphs, in order of first appearance."""
+    by_title: dict[str, list[str]] = {}
+    for e in examples:
+        paras = by_title.setdefault(e.title, [])
+        if e.context not in paras:
+            paras.append(e.context)
+    return by_title
+
+
 def negative_examples(examples: list[Example], per_question: float, rng: random.Random) -> list[Example]:
     """Unanswerable pairs from `examples` alone: a question over another paragraph that lacks its answers.
 
     Half come from the question's own article (same topic, the hard case a retriever produces), half from
     another article. `per_question` may be fractional: 0.5 pairs every other question.
     """
-    by_title: dict[str, list[str]] = {}
-    for e in examples:
-        paras = by_title.setdefault(e.title, [])
-        if e.context not in paras:
-            paras.append(e.context)
+    by_title = paragraphs_by_title(examples)
     titles = list(by_title)
     out: list[Example] = []
     for e in examples:
@@ -139,11 +145,7 @@ def negative_examples(examples: list[Example], per_question: float, rng: random.
 
 def cross_article_pairs(examples: list[Example], rng: random.Random) -> list[Example]:
     """Each question over a paragraph of another article: what a retriever's miss looks like. Never answerable."""
-    by_title: dict[str, list[str]] = {}
-    for e in examples:
-        paras = by_title.setdefault(e.title, [])
-        if e.context not in paras:
-            paras.append(e.context)
+    by_title = paragraphs_by_title(examples)
     titles = list(by_title)
     if len(titles) < 2:
         raise ValueError("cross-article pairs need at least two articles")
