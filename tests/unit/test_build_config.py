@@ -25,8 +25,10 @@ def test_shipped_configs_parse(name: str) -> None:
 
 def test_shipped_config_values_arrive_typed() -> None:
     cfg = load_build_config(CONFIGS / "korquad-e5-small.toml")
-    assert cfg.export.shipped == ["int8"] and cfg.export.int8_method == "weight-only"
-    assert cfg.train.learning_rate == 1.5e-4 and cfg.train.precision == "bf16"  # type: ignore[attr-defined]
+    assert cfg.export.shipped == ["int8"] and cfg.export.int8_method == "dynamic" and cfg.export.smooth_alpha == 0.7
+    assert cfg.train.learning_rate == 1e-4 and cfg.train.negatives == 0.5  # type: ignore[attr-defined]
+    assert cfg.train.freeze_word_embeddings is False  # type: ignore[attr-defined]
+    assert cfg.calibrate.enabled and cfg.calibrate.fit_articles == "0:100" and cfg.calibrate.dev_articles == "100:112"
     assert cfg.prune.enabled and cfg.decode.trim_suffixes == "learn" and cfg.windows.max_seq_length == 384
     tiny = load_build_config(CONFIGS / "tiny-smoke.toml")
     assert tiny.validate_.tolerance_overrides() == {
