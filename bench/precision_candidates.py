@@ -1,0 +1,147 @@
+"""Which low precision for the CPU: speed and faithfulness of each candidate on one model, in one run.
+
+    python bench/precision_candidates.py [--fp32 runs/korquad-e5-small/onnx/model.onnx]
+
+The fp32 graph is the build's fused export of the shipped model. For each candidate this prints questions per
+second on the first 100 KorQuAD test questions (windows one per call, as the service runs a CPU) and start/end
+argmax agreement and mean |logit difference| against fp32 on 215 windows of training articles 0-7 (the choice is
+made on training data; test-split F1 of the chosen one is in the model card). Candidates:
+  dynamic int8            onnxruntime quantize_dynamic, per-channel weights (activations scaled per tensor)
+  dynamic int8, smoothed  the same after SmoothQuant alpha 0.7 (what the default bundle ships)
+  static int8 (QDQ)       quantize_static, per-channel weights, activation ranges calibrated on 64 training windows
+  OpenVINO bf16           OpenVINO on the fp32 graph with the bf16 precision hint, where the CPU has AVX512-BF16
+                          or AMX (pip install openvino; skipped, and said so, without it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from load import DATA, load_items  # noqa: E402
+
+from app.engine.hardware import cpu_flags  # noqa: E402
+from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id  # noqa: E402
+from model_export.data import load_examples  # noqa: E402
+
+Run = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
+
+
+def ort_runner(path: Path, threads: int) -> Run:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in s.get_inputs()]
+    return lambda f: tuple(s.run(None, {k: f[k] for k in names}))  # type: ignore[return-value]
+
+
+def openvino_runner(path: Path, threads: int) -> Run | str:
+    try:
+        import openvino as ov
+    except ImportError:
+        return "openvino is not installed (pip install openvino)"
+    flags = cpu_flags()
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        return "this CPU has neither AVX512-BF16 nor AMX: OpenVINO would run fp32"
+    core = ov.Core()
+    compiled = core.compile_model(
+        core.read_model(str(path)),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
+    )
+    names = [i.get_any_name() for i in compiled.inputs]
+    request = compiled.create_infer_request()
+
+    def run(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        out = request.infer({k: f[k] for k in names})
+        return tuple(out[o] for o in compiled.outputs)  # type: ignore[return-value]
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fp32", type=Path, default=REPO / "runs" / "korquad-e5-small" / "onnx" / "model.onnx")
+    ap.add_argument("--tokenizer", type=Path, default=REPO / "models" / "default" / "tokenizer.json")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "precision")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from tokenizers import Tokenizer
+
+    from model_export.quantize import quantize_int8, smooth_activations
+
+    tok = Tokenizer.from_file(str(args.tokenizer))
+    pad = pad_token_id(tok)
+
+    def windows(pairs: list[tuple[str, str]]) -> list[dict[str, np.ndarray]]:
+        return [pad_batch([w], pad) for p in encode_pairs(tok, pairs) for w in make_windows(p, 384, 128, 64)]
+
+    train = load_examples(str(DATA), "0:112")
+    calib = windows([(e.question, e.context) for e in train[16::17]])[:64]
+    check = windows([(e.question, e.context) for e in load_examples(str(DATA), "0:8")[:200]])
+    speed = windows([(it["question"], it["context"]) for it in load_items(DATA, slice(112, 140))[:100]])
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calib)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            f = next(self.it, None)
+            return None if f is None else {k: f[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    files = {"fp32": args.fp32}
+    files["dynamic int8"] = quantize_int8(args.fp32, args.work / "dynamic.onnx")
+    smooth = smooth_activations(args.fp32, args.work / "smooth.onnx", calib, 0.7)
+    files["dynamic int8, smoothed"] = quantize_int8(smooth, args.work / "dynamic-smooth.onnx")
+    raw = args.fp32.with_name("model.raw.onnx")  # QDQ on the unfused graph: fused contrib ops are not quantizable
+    quantize_static(
+        raw,
+        args.work / "static-qdq.onnx",
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"],
+    )
+    files["static int8 (QDQ)"] = args.work / "static-qdq.onnx"
+    runners: dict[str, Run | str] = {k: ort_runner(v, args.threads) for k, v in files.items()}
+    runners["OpenVINO bf16"] = openvino_runner(args.fp32, args.threads)
+
+    ref = [runners["fp32"](f) for f in check]  # type: ignore[operator]
+    print(f"{'candidate':26s} {'q/s':>6s} {'vs fp32':>8s} {'argmax agree':>13s} {'mean |diff|':>12s}")
+    base = None
+    for name, run in runners.items():
+        if isinstance(run, str):
+            print(f"{name:26s} skipped: {run}")
+            continue
+        for f in speed[:3]:
+            run(f)
+        t0 = time.perf_counter()
+        for f in speed:
+            run(f)
+        qps = 100 / (time.perf_counter() - t0)
+        base = base or qps
+        got = [run(f) for f in check]
+        pairs = list(zip(ref, got, strict=True))
+        agree = np.mean([(a[0].argmax() == b[0].argmax()) and (a[1].argmax() == b[1].argmax()) for a, b in pairs])
+        diff = np.mean([np.abs(a[0] - b[0]).mean() for a, b in pairs])
+        print(f"{name:26s} {qps:6.2f} {qps / base:7.2f}x {agree:13.3f} {diff:12.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
