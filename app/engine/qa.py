@@ -220,6 +220,9 @@ class QAEngine:
             "file": self.model_file,
             "variant_reason": self.pick.reason,
             "max_batch_windows": self.max_batch_windows,
+            # what `score` and abstention mean for this bundle, so a client can reason about thresholds
+            "score_calibration": list(m.score_calibration),
+            "null_threshold": m.null_threshold,
             "cpu_features": sorted(self.cpu_flags & REPORTED),
             "execution_provider": self.runtime.provider if self.runtime else None,
             "scores": [s.model_dump() for s in m.scores],

@@ -106,6 +106,8 @@ def test_models_and_metrics(client):
     assert info["execution_provider"] == "CPUExecutionProvider"
     assert info["max_seq_length"] == 128 and info["doc_stride"] == 32
     assert info["precision"] in ("fp32", "int8")
+    assert info["variant_reason"] and info["max_batch_windows"] == 1  # a CPU runs one window per call
+    assert info["score_calibration"] == [1.0, 0.0] and info["null_threshold"] == 0.0  # an uncalibrated bundle
     client.post("/answer", json={"question": "q?", "context": MARKER})
     text = client.get("/metrics").text
     for name in (
