@@ -1,0 +1,85 @@
+"""Training step time on this CPU: padding, precision, torch.compile, threads (issue 9: fit a working day).
+
+    python bench/train_step.py --base runs/korquad-e5-small/base [--steps 6] [--batch-size 32]
+
+Runs the recipe's forward + backward + AdamW step (model_export.train's param groups and loss) on windows of
+training articles, and prints seconds per step and the implied time for one epoch of the shipped recipe
+(7,910 windows). Modes, each after two untimed steps:
+  padded to 384     every window padded to max_seq_length, batches in data order
+  length-grouped    model_export.train's batches: sorted within mega-batches, padded to the longest (x32)
+  + bf16 autocast   the same in bf16 autocast (AVX512-BF16 / AMX do the products)
+  + torch.compile   the same with the model compiled
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from app.engine.windows import pad_batch, pad_token_id  # noqa: E402
+from model_export.data import load_examples, training_features  # noqa: E402
+from model_export.train import TrainConfig, length_grouped_batches, load_tokenizer, param_groups  # noqa: E402
+
+EPOCH_WINDOWS = 7910
+DATA = REPO.parent / "shared" / "data" / "korquad" / "KorQuAD_v1.0_dev.json"
+
+
+def main() -> None:
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", type=Path, default=REPO / "runs" / "korquad-e5-small" / "base")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--modes", nargs="*", default=["padded", "grouped", "bf16", "compile"])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    tok = load_tokenizer(str(args.base))
+    pad = pad_token_id(tok)
+    feats = training_features(tok, load_examples(str(args.data), "0:112")[:600], 384, 128, 64)
+    n = args.batch_size * (args.steps + 2)
+    grouped = length_grouped_batches(feats, args.batch_size, random.Random(0))[: args.steps + 2]
+    plain = [list(range(i, i + args.batch_size)) for i in range(0, n, args.batch_size)]
+    cfg = TrainConfig("", "", "", freeze_word_embeddings=False)
+    print(f"{'mode':34s} {'s/step':>7s} {'windows/s':>10s} {'epoch (min)':>12s}", flush=True)
+    for mode in args.modes:
+        torch.manual_seed(0)
+        model = AutoModelForQuestionAnswering.from_pretrained(args.base).train()
+        optim = torch.optim.AdamW(param_groups(model, cfg), lr=1e-4)
+        runner = torch.compile(model) if mode == "compile" else model
+        batches = plain if mode == "padded" else grouped
+        bf16 = mode in ("bf16", "compile")
+        times = []
+        for k, idx in enumerate(batches):
+            fs = [feats[i % len(feats)] for i in idx]
+            multiple = 384 if mode == "padded" else 32
+            inputs = {key: torch.from_numpy(v) for key, v in pad_batch([f.window for f in fs], pad, multiple).items()}
+            starts = torch.tensor([f.start_position for f in fs])
+            ends = torch.tensor([f.end_position for f in fs])
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = runner(**inputs, start_positions=starts, end_positions=ends).loss
+            loss.backward()
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            if k >= 2:
+                times.append(time.perf_counter() - t0)
+        s = sum(times) / len(times)
+        wps = args.batch_size / s
+        label = {"padded": "padded to 384, fp32", "grouped": "length-grouped, fp32"}.get(
+            mode, f"length-grouped, {mode}"
+        )
+        print(f"{label:34s} {s:7.2f} {wps:10.1f} {EPOCH_WINDOWS / wps / 60:12.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
