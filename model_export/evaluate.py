@@ -244,7 +244,7 @@ class EnginePredictor:
 
     CHUNK = 256  # questions per engine call: bounds the windows in flight, not the result
 
-    def __init__(self, bundle_dir: Path, variant: str, batch_size: int, threads: int) -> None:
+    def __init__(self, bundle_dir: Path, variant: str, threads: int) -> None:
         from app.engine.qa import QAEngine
         from app.settings import Settings
 
@@ -294,9 +294,9 @@ class EnginePredictor:
             await engine.stop()
 
 
-def open_bundle(bundle_dir: Path, variant: str, batch_size: int, threads: int) -> tuple[EnginePredictor, str]:
+def open_bundle(bundle_dir: Path, variant: str, threads: int) -> tuple[EnginePredictor, str]:
     """An ONNX bundle made by model_export, run on CPU by QAEngine; returns the predictor and the variant chosen."""
-    predictor = EnginePredictor(bundle_dir, variant, batch_size, threads)
+    predictor = EnginePredictor(bundle_dir, variant, threads)
     return predictor, predictor.variant
 
 
@@ -316,7 +316,7 @@ def open_predictor(
     path = Path(model)
     n_threads = threads or cpu_quota()
     if (path / "manifest.json").is_file():
-        return open_bundle(path, variant, batch_size, n_threads)
+        return open_bundle(path, variant, n_threads)
     if (path / "config.json").is_file():
         return open_checkpoint(path, checkpoint_windows(path, windows or {}), batch_size, n_threads), "checkpoint"
     raise FileNotFoundError(f"{model}: not a service URL, a bundle (manifest.json) or a checkpoint (config.json)")

@@ -40,8 +40,6 @@ def run_sweep(
     cfg: BuildConfig, base_model: str, trials_file: Path, out: Path, budget_s: float | None = None
 ) -> list[dict[str, Any]]:
     """Train and score every trial in order; skip the rest once `budget_s` would be exceeded."""
-    from model_export.train import train
-
     spec = tomllib.loads(trials_file.read_text(encoding="utf-8"))
     fit, dev = spec["fit_articles"], spec["dev_articles"]
     out.mkdir(parents=True, exist_ok=True)
@@ -51,42 +49,47 @@ def run_sweep(
     for trial in spec["trial"]:
         if "ensemble" in trial:
             row = ensemble_row(cfg, trial, out, dev)
-            results.append(row)
-            with (out / "results.jsonl").open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            continue
-        overrides = dict(trial.get("train", {}))
-        if "teachers" in overrides:  # trial names, as run dirs of this sweep
-            overrides["teachers"] = [str(run_dir_of(out, name) / "final") for name in overrides["teachers"]]
-        epochs = float(overrides.get("epochs", cfg.train.model_dump()["epochs"]))
-        elapsed = time.monotonic() - t_start
-        if budget_s and per_epoch_s and elapsed + per_epoch_s * epochs > budget_s:
-            log.info("sweep: skipping %r, %.0f s left of the budget", trial["name"], budget_s - elapsed)
-            continue
-        run_dir = run_dir_of(out, trial["name"])
-        t0 = time.monotonic()
-        final = train(trial_config(cfg, base_model, run_dir, fit, dev, overrides))
-        seconds = time.monotonic() - t0
-        per_epoch_s = max(per_epoch_s or 0.0, seconds / max(epochs, 0.5))
-        record = json.loads((final / "training.json").read_text(encoding="utf-8"))
-        history = record.get("dev", [])
-        row = {
-            "name": trial["name"],
-            "overrides": overrides,
-            "fit_articles": fit,
-            "dev_articles": dev,
-            "dir": str(final),
-            "seconds": round(seconds, 1),
-            "windows": record.get("windows"),
-            "dev": history,
-            "final": history[-1] if history else None,
-        }
+        else:
+            overrides = dict(trial.get("train", {}))
+            if "teachers" in overrides:  # trial names, as run dirs of this sweep
+                overrides["teachers"] = [str(run_dir_of(out, name) / "final") for name in overrides["teachers"]]
+            epochs = float(overrides.get("epochs", cfg.train.model_dump()["epochs"]))
+            elapsed = time.monotonic() - t_start
+            if budget_s and per_epoch_s and elapsed + per_epoch_s * epochs > budget_s:
+                log.info("sweep: skipping %r, %.0f s left of the budget", trial["name"], budget_s - elapsed)
+                continue
+            row = train_row(cfg, base_model, trial["name"], run_dir_of(out, trial["name"]), fit, dev, overrides)
+            per_epoch_s = max(per_epoch_s or 0.0, row["seconds"] / max(epochs, 0.5))
         results.append(row)
         with (out / "results.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
         log.info("sweep: %s -> %s", trial["name"], row["final"])
     (out / "results.md").write_text(results_table(results), encoding="utf-8")
     return results
+
+
+def train_row(
+    cfg: BuildConfig, base_model: str, name: str, run_dir: Path, fit: str, dev: str, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Train one trial and return its results row (dev scores by epoch, from its training.json)."""
+    from model_export.train import train
+
+    t0 = time.monotonic()
+    final = train(trial_config(cfg, base_model, run_dir, fit, dev, overrides))
+    seconds = time.monotonic() - t0
+    record = json.loads((final / "training.json").read_text(encoding="utf-8"))
+    history = record.get("dev", [])
+    return {
+        "name": name,
+        "overrides": overrides,
+        "fit_articles": fit,
+        "dev_articles": dev,
+        "dir": str(final),
+        "seconds": round(seconds, 1),
+        "windows": record.get("windows"),
+        "dev": history,
+        "final": history[-1] if history else None,
+    }
 
 
 def run_dir_of(out: Path, name: str) -> Path:
@@ -119,7 +122,6 @@ def ensemble_row(cfg: BuildConfig, trial: dict[str, Any], out: Path, dev_article
         "korquad_em": result["korquad"]["exact_match"],
         "squad_f1": result["squad"]["f1"],
     }
-    log.info("sweep: %s -> %s", trial["name"], final)
     return {
         "name": trial["name"],
         "overrides": {"ensemble": trial["ensemble"]},
