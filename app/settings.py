@@ -45,7 +45,14 @@ class Settings(BaseSettings):
     providers: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto uses CUDA when onnxruntime-gpu sees a GPU, else CPU; cuda fails start-up without one."
     )
-    intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads; 0 = the container's CPU quota.")
+    runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto",
+        description="What runs the graph; auto = the runtime the bundle's file was built for (OpenVINO for static "
+        "int8, ONNX Runtime otherwise) when it is installed, and ONNX Runtime on CUDA. /v1/models says what and why.",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="Threads one inference uses (ORT intra-op, OpenVINO); 0 = the container's CPU quota."
+    )
     inter_op_threads: int = Field(1, ge=1, description="ORT inter-op threads; graphs here are sequential.")
     cpu_mem_arena: bool | None = Field(
         None,

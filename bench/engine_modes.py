@@ -1,6 +1,9 @@
-"""How to drive ONNX Runtime on a small CPU: threads, spinning, parallel sessions and batching, raw engine only.
+"""How to drive the runtime on a small CPU: threads, spinning, parallel sessions and batching, raw engine only.
 
     python bench/engine_modes.py --bundle models/default [--variant int8] [--questions 100]
+
+The runtime is the one the service picks for the file (the manifest's `runtime`: OpenVINO for static int8,
+ONNX Runtime otherwise); `--runtime` overrides it. Spinning threads are an ONNX Runtime mode only.
 
 Every mode runs the same windows (the first N KorQuAD test questions, as the service cuts them) and reports
 questions per second. No HTTP, tokenizing or decoding: this decides how the service should call the engine.
@@ -20,14 +23,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.engine.runtime import OrtRuntime  # noqa: E402
+from app.engine.runtime import OrtRuntime, Runtime, open_runtime  # noqa: E402
 from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id  # noqa: E402
 from bench.peers import DATA, load_items  # noqa: E402
 
 
-def session(bundle: Path, m: dict, variant: str, threads: int, spin: bool) -> OrtRuntime:
-    rt = OrtRuntime(bundle / m["variants"][variant], m["input_names"], m["output_names"], "cpu", threads)
-    if spin:  # OrtRuntime turns spinning off; rebuild with it on
+def session(bundle: Path, m: dict, variant: str, threads: int, spin: bool, runtime: str) -> Runtime:
+    rt = open_runtime(bundle / m["variants"][variant], m["input_names"], m["output_names"], runtime, "cpu", threads)
+    if spin and isinstance(rt, OrtRuntime):  # OrtRuntime turns spinning off; rebuild with it on
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -41,22 +44,30 @@ def session(bundle: Path, m: dict, variant: str, threads: int, spin: bool) -> Or
     return rt
 
 
-def run_serial(rt: OrtRuntime, batches: list[dict[str, np.ndarray]]) -> float:
-    for b in batches[:2]:
-        rt.run(b)
+def warm(rt: Runtime, batches: list[dict[str, np.ndarray]]) -> None:
+    """The first run of each shape, untimed: OpenVINO plans shapes on first sight (the service at warm-up)."""
+    seen: set[tuple[int, ...]] = set()
+    for b in batches:
+        if b["input_ids"].shape not in seen:
+            seen.add(b["input_ids"].shape)
+            rt.run(b)
+
+
+def run_serial(rt: Runtime, batches: list[dict[str, np.ndarray]]) -> float:
+    warm(rt, batches)
     t0 = time.perf_counter()
     for b in batches:
         rt.run(b)
     return time.perf_counter() - t0
 
 
-def run_parallel(rts: list[OrtRuntime], batches: list[dict[str, np.ndarray]]) -> float:
+def run_parallel(rts: list[Runtime], batches: list[dict[str, np.ndarray]]) -> float:
     for rt in rts:
-        rt.run(batches[0])
+        warm(rt, batches)
     lock = threading.Lock()
     todo = list(range(len(batches)))
 
-    def worker(rt: OrtRuntime) -> None:
+    def worker(rt: Runtime) -> None:
         while True:
             with lock:
                 if not todo:
@@ -79,10 +90,19 @@ def main() -> None:
     ap.add_argument("--variant", default="int8")
     ap.add_argument("--questions", type=int, default=100)
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino"], default="auto")
     args = ap.parse_args()
     from tokenizers import Tokenizer
 
     m = json.loads((args.bundle / "manifest.json").read_text())
+    rt_name = args.runtime
+    if rt_name == "auto":
+        rt_name = m["files"][m["variants"][args.variant]].get("runtime") or "onnxruntime"
+    print(f"{args.variant} on {rt_name}", flush=True)
+
+    def make(threads: int, spin: bool = False) -> Runtime:
+        return session(args.bundle, m, args.variant, threads, spin, rt_name)
+
     tok = Tokenizer.from_file(str(args.bundle / m["tokenizer"]))
     pad = pad_token_id(tok)
     items = load_items(DATA, slice(112, 140))[: args.questions]
@@ -92,6 +112,7 @@ def main() -> None:
     ]
     n, c = len(items), args.cores
     single = [pad_batch([w], pad, 1) for w in windows]
+    single8 = [pad_batch([w], pad, 8) for w in windows]
     single32 = [pad_batch([w], pad, 32) for w in windows]
     by_len = sorted(windows, key=len)
     rows = []
@@ -100,28 +121,19 @@ def main() -> None:
         rows.append({"mode": name, "qps": round(n / seconds, 2), "windows": len(windows)})
         print(f"{name:55s} {n / seconds:6.2f} q/s", flush=True)
 
-    report(
-        f"1 session x {c} threads, per window, no padding",
-        run_serial(session(args.bundle, m, args.variant, c, False), single),
-    )
-    report(
-        f"1 session x {c} threads, per window, padded to 32",
-        run_serial(session(args.bundle, m, args.variant, c, False), single32),
-    )
-    report(
-        f"1 session x {c} threads, spinning, per window",
-        run_serial(session(args.bundle, m, args.variant, c, True), single),
-    )
+    report(f"1 session x {c} threads, per window, no padding", run_serial(make(c), single))
+    report(f"1 session x {c} threads, per window, padded to 8", run_serial(make(c), single8))
+    report(f"1 session x {c} threads, per window, padded to 32", run_serial(make(c), single32))
+    if rt_name == "onnxruntime":
+        report(f"1 session x {c} threads, spinning, per window", run_serial(make(c, spin=True), single))
     for bs in (4, 8):
         batches = [pad_batch(by_len[i : i + bs], pad, 32) for i in range(0, len(by_len), bs)]
-        report(
-            f"1 session x {c} threads, length-sorted batches of {bs}",
-            run_serial(session(args.bundle, m, args.variant, c, False), batches),
-        )
-    rts = [session(args.bundle, m, args.variant, 1, False) for _ in range(c)]
-    report(f"{c} sessions x 1 thread in parallel, per window", run_parallel(rts, single))
-    report("1 session x 1 thread, per window", run_serial(rts[0], single))
-    print(json.dumps({"command": " ".join(["python", "bench/engine_modes.py", *sys.argv[1:]]), "rows": rows}))
+        report(f"1 session x {c} threads, length-sorted batches of {bs}", run_serial(make(c), batches))
+    rts = [make(1) for _ in range(c)]
+    report(f"{c} sessions x 1 thread in parallel, per window", run_parallel(rts, single8))
+    report("1 session x 1 thread, per window", run_serial(rts[0], single8))
+    command = " ".join(["python", "bench/engine_modes.py", *sys.argv[1:]])
+    print(json.dumps({"command": command, "runtime": rt_name, "rows": rows}))
 
 
 if __name__ == "__main__":

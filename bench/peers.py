@@ -12,7 +12,8 @@ Rows, each over the first N questions of the test articles (112+) with their own
   transformers  `pipeline("question-answering")` on PyTorch fp32, torch threads = the CPU quota
   optimum       optimum's ORTModelForQuestionAnswering (its own export) in optimum's pipeline
   raw ORT       the bundle's fp32 graph (and its int8, or fp16 on CUDA) on the repository's windows, one per
-                call, nothing else timed: the ceiling for any server of this model on this machine
+                call, nothing else timed: the ceiling for any server of this model on this machine. The int8
+                file is static (QDQ) and runs on OpenVINO, as the service runs it ("raw OpenVINO int8")
   service       `python -m app` over HTTP, driven by bench/load.py in its own process at 1 and 16 clients,
                 on the fp32 variant (same precision as the peers) and on int8 (fp16 on CUDA)
 Prints a markdown table (q/s, p50, p99, ratio to the best of transformers and optimum), writes JSON and a PNG.
@@ -88,13 +89,17 @@ def ensure_checkpoint(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def ensure_bundle(checkpoint: Path, out: Path, variants: Sequence[str]) -> Path:
-    """The service's bundle of `checkpoint`, built by the documented CLI unless one with `variants` exists."""
+def ensure_bundle(checkpoint: Path, out: Path, variants: Sequence[str], int8_method: str = "static") -> Path:
+    """The service's bundle of `checkpoint`, built by the documented CLI unless one like it exists."""
     manifest = out / "manifest.json"
-    if manifest.exists() and set(variants) <= set(json.loads(manifest.read_text())["variants"]):
-        return out
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        int8 = m["files"].get(m["variants"].get("int8", ""), {})
+        same_int8 = "int8" not in variants or (int8.get("runtime") == "openvino") == (int8_method == "static")
+        if set(variants) <= set(m["variants"]) and same_int8:
+            return out
     cmd = [sys.executable, "-m", "model_export", "bundle", str(checkpoint), "--out", str(out), "--offline"]
-    subprocess.run([*cmd, "--variants", *variants], cwd=REPO, check=True)
+    subprocess.run([*cmd, "--variants", *variants, "--int8-method", int8_method], cwd=REPO, check=True)
     return out
 
 
@@ -206,10 +211,9 @@ def run_optimum(
 def run_raw(
     bundle: Path, items: list[dict[str, str]], win: dict[str, int], device: str, threads: int, variant: str = "fp32"
 ):
-    import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    from app.engine.runtime import OrtRuntime
+    from app.engine.runtime import OpenVinoRuntime, open_runtime
     from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id
 
     m = json.loads((bundle / "manifest.json").read_text())
@@ -218,17 +222,25 @@ def run_raw(
     pairs = encode_pairs(tok, [(it["question"], it["context"]) for it in items])
     windows = [(q, w) for q, p in enumerate(pairs) for w in make_windows(p, **win)]
     windows.sort(key=lambda qw: len(qw[1]))
-    batches = [(q, pad_batch([w], pad)) for q, w in windows]  # built before the clock starts
-    rt = OrtRuntime(
-        bundle / m["variants"][variant],
+    file = m["variants"][variant]
+    # the runtime the service would pick for this file (static int8: OpenVINO on a CPU)
+    runtime = "openvino" if m["files"][file].get("runtime") == "openvino" and device == "cpu" else "onnxruntime"
+    rt = open_runtime(
+        bundle / file,
         m["input_names"],
         m["output_names"],
+        runtime,
         providers="cuda" if device == "cuda" else "cpu",
-        intra_op_threads=threads,
+        threads=threads,
         cpu_mem_arena=True,  # as the service runs one window per call (and as optimum's session does)
     )
-    for _, b in (batches[0], batches[-1]):  # untimed: first runs of the shortest and longest shapes
-        rt.run(b)
+    # built before the clock starts, padded as the service pads a lone window for this runtime
+    batches = [(q, pad_batch([w], pad, rt.pad_multiple)) for q, w in windows]
+    seen: set[tuple[int, ...]] = set()
+    for _, b in batches:  # untimed: the first run of each shape (the service plans them all at warm-up)
+        if b["input_ids"].shape not in seen:
+            seen.add(b["input_ids"].shape)
+            rt.run(b)
     per_question = [0.0] * len(items)
     t0 = time.perf_counter()
     for q, b in batches:
@@ -236,12 +248,18 @@ def run_raw(
         rt.run(b)
         per_question[q] += time.perf_counter() - t
     wall = time.perf_counter() - t0
+    if isinstance(rt, OpenVinoRuntime):
+        label, engine = "raw OpenVINO", rt.provider
+    else:
+        import onnxruntime as ort
+
+        label, engine = "raw ORT", f"onnxruntime {ort.__version__} ({rt.provider})"
     return summary(
-        "raw ORT" if variant == "fp32" else f"raw ORT {variant}",
+        label if variant == "fp32" else f"{label} {variant}",
         per_question,
         wall,
         windows=len(windows),
-        engine=f"onnxruntime {ort.__version__} {variant} ({rt.provider}), {threads} threads, one window per call",
+        engine=f"{engine} {variant}, {threads} threads, one window per call",
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.engine.bundle import MANIFEST, Manifest, Precision, Score, file_entry
+from app.engine.bundle import MANIFEST, Manifest, Precision, RuntimeName, Score, file_entry
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,12 @@ def write_bundle(
     command: str | None = None,
     max_bytes: int | None = None,
     extra: dict[str, Any] | None = None,
+    runtimes: dict[str, RuntimeName] | None = None,
 ) -> Path:
-    """Assemble the bundle in a sibling temp dir and rename it into place, so a bundle is whole or absent."""
+    """Assemble the bundle in a sibling temp dir and rename it into place, so a bundle is whole or absent.
+
+    `runtimes` names the runtime a variant was built for where it is not ONNX Runtime (static int8: OpenVINO).
+    """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
@@ -56,7 +60,7 @@ def write_bundle(
         dst_name = BUNDLE_FILE_NAMES[precision]
         shutil.copyfile(src, tmp / dst_name)
         prec: Precision = precision  # type: ignore[assignment]
-        files[dst_name] = file_entry(tmp / dst_name, prec)
+        files[dst_name] = file_entry(tmp / dst_name, prec, (runtimes or {}).get(precision))
         variants[precision] = dst_name
     total = sum(e.bytes for e in files.values())
     if max_bytes is not None and total > max_bytes:

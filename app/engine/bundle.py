@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 Precision = Literal["fp32", "fp16", "int8"]
+RuntimeName = Literal["onnxruntime", "openvino"]
 
 
 class BundleError(RuntimeError):
@@ -22,6 +23,8 @@ class FileEntry(BaseModel):
     sha256: str
     bytes: int
     precision: Precision | None = None  # ONNX files only
+    # ONNX files: the runtime the file was built and validated for; None (and older bundles) = ONNX Runtime
+    runtime: RuntimeName | None = None
 
 
 class Score(BaseModel):
@@ -71,8 +74,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def file_entry(path: Path, precision: Precision | None = None) -> FileEntry:
-    return FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size, precision=precision)
+def file_entry(path: Path, precision: Precision | None = None, runtime: RuntimeName | None = None) -> FileEntry:
+    return FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size, precision=precision, runtime=runtime)
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:

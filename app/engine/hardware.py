@@ -17,7 +17,7 @@ REPORTED = INT8_DOT | {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile",
 
 @dataclass(frozen=True)
 class Pick:
-    variant: str
+    name: str  # the variant or runtime chosen
     reason: str
 
 
@@ -56,3 +56,23 @@ def pick_variant(variants: Iterable[str], requested: str, on_cuda: bool, flags: 
         if "int8" in have:
             return Pick("int8", "the bundle's only CPU variant; this CPU lacks VNNI/AMX, so int8 runs slower there")
     return Pick(have[0], "the bundle's only variant")
+
+
+def pick_runtime(built_for: str, requested: str, on_cuda: bool, openvino: str | None) -> Pick:
+    """The runtime for the chosen file: the one it was built and validated for, unless told otherwise.
+
+    `built_for` is the manifest's `runtime` for the file; `openvino` is OpenVINO's version, None when absent.
+    """
+    if requested != "auto":
+        if requested == "openvino" and on_cuda:
+            raise BundleError("QA_RUNTIME=openvino runs on the CPU only; use QA_PROVIDERS=cpu")
+        if requested == "openvino" and openvino is None:
+            raise BundleError("QA_RUNTIME=openvino but openvino is not installed (pip install openvino)")
+        return Pick(requested, f"QA_RUNTIME={requested}")
+    if built_for == "openvino":
+        if on_cuda:
+            return Pick("onnxruntime", "CUDA: OpenVINO here runs on the CPU only")
+        if openvino is None:
+            return Pick("onnxruntime", "built for OpenVINO, which is not installed: ONNX Runtime runs it, slower")
+        return Pick("openvino", "the file is static int8 (QDQ), which OpenVINO runs in int8 end to end")
+    return Pick("onnxruntime", "the file uses ONNX Runtime's fused operators")

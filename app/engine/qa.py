@@ -1,4 +1,4 @@
-"""The real QA engine: bundle -> tokenizer + ORT session; pre (windows), core (batcher), post (spans)."""
+"""The real QA engine: bundle -> tokenizer + runtime (ORT or OpenVINO); pre (windows), core (batcher), post (spans)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from app.engine.errors import (
     NotReady,
     ShuttingDown,
 )
-from app.engine.hardware import REPORTED, cpu_flags, pick_variant
+from app.engine.hardware import REPORTED, cpu_flags, pick_runtime, pick_variant
 from app.engine.interface import Health, QARequest, QAResult, ReadRequest
-from app.engine.runtime import HeapTrimmer, OrtRuntime, cuda_available
+from app.engine.runtime import HeapTrimmer, Runtime, cuda_available, open_runtime, openvino_version
 from app.engine.spans import PassageLogits, decode_passages
 from app.engine.windows import NoTokens, Window, encode_pairs, make_windows, pad_batch, pad_token_id
 from app.metrics import Metrics
@@ -54,9 +54,11 @@ class QAEngine:
         self.on_cuda = on_cuda
         self.cpu_flags = cpu_flags()
         self.pick = pick_variant(manifest.variants, settings.model_variant, on_cuda, self.cpu_flags)
-        self.variant = self.pick.variant
+        self.variant = self.pick.name
         self.model_file = manifest.variants[self.variant]
         self.manifest: Manifest = verify_bundle(self.bundle_dir, needed=[self.model_file, manifest.tokenizer])
+        built_for = self.manifest.files[self.model_file].runtime or "onnxruntime"
+        self.runtime_pick = pick_runtime(built_for, settings.runtime, on_cuda, openvino_version())
         if settings.max_batch_tokens < self.manifest.max_seq_length:
             raise BundleError(
                 f"QA_MAX_BATCH_TOKENS={settings.max_batch_tokens} is smaller than one full window "
@@ -66,7 +68,7 @@ class QAEngine:
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.pad_id = pad_token_id(self.tokenizer)
-        self.runtime: OrtRuntime | None = None
+        self.runtime: Runtime | None = None
         self.batcher: Batcher[Window] | None = None
         self._ready = False
         self._load_error: str | None = None
@@ -102,16 +104,7 @@ class QAEngine:
         s = self.settings
         try:
             t0 = time.perf_counter()
-            self.runtime = await asyncio.to_thread(
-                OrtRuntime,
-                self.bundle_dir / self.model_file,
-                self.manifest.input_names,
-                self.manifest.output_names,
-                s.providers,
-                s.threads,
-                s.inter_op_threads,
-                self.cpu_mem_arena,
-            )
+            self.runtime = await asyncio.to_thread(self._open_runtime)
             self.batcher = Batcher(
                 self._infer,
                 max_windows=self.max_batch_windows,
@@ -127,17 +120,31 @@ class QAEngine:
                 await asyncio.to_thread(self._warmup)
             self._ready = True
             log.info(
-                "model %s (%s, %s: %s) ready on %s in %.1fs",
+                "model %s (%s, %s: %s) ready on %s (%s) in %.1fs",
                 self.manifest.name,
                 self.variant,
                 self.model_file,
                 self.pick.reason,
                 self.runtime.provider,
+                self.runtime_pick.reason,
                 time.perf_counter() - t0,
             )
         except Exception as e:
             self._load_error = f"model load failed: {type(e).__name__}: {e}"
             log.exception("model load failed")
+
+    def _open_runtime(self) -> Runtime:
+        s = self.settings
+        return open_runtime(
+            self.bundle_dir / self.model_file,
+            self.manifest.input_names,
+            self.manifest.output_names,
+            self.runtime_pick.name,
+            s.providers,
+            s.threads,
+            s.inter_op_threads,
+            self.cpu_mem_arena,
+        )
 
     def _warmup(self) -> None:
         # The first run of each shape pays for kernel selection: run a short window, a full one, and the
@@ -156,8 +163,14 @@ class QAEngine:
             runtime.run({name: dummy[name] for name in runtime.input_names})
             return time.perf_counter() - t0
 
-        run(1, PAD_MULTIPLE)
-        run(1, L)
+        step = self.runtime.pad_multiple
+        if step > 1:
+            # a runtime that plans per shape sees every lone-window shape now, not on a user's request
+            for width in range(step, L + step, step):
+                run(1, min(width, L))
+        else:
+            run(1, PAD_MULTIPLE)
+            run(1, L)
         # admission control needs a cost estimate before the first request: time a warm full window
         self.batcher.cost.observe(min(run(1, L) for _ in range(2)), L)
         by_time = self.batcher.max_batch_s / max(self.batcher.cost.seconds(L), 1e-9)
@@ -225,6 +238,8 @@ class QAEngine:
             "null_threshold": m.null_threshold,
             "cpu_features": sorted(self.cpu_flags & REPORTED),
             "execution_provider": self.runtime.provider if self.runtime else None,
+            "runtime": self.runtime_pick.name,
+            "runtime_reason": self.runtime_pick.reason,
             "scores": [s.model_dump() for s in m.scores],
             "created": m.created,
         }
@@ -237,8 +252,8 @@ class QAEngine:
 
     def _infer(self, windows: list[Window]) -> list[Logits]:
         assert self.runtime is not None
-        # a lone window needs no padding at all; a batch pads to a multiple that keeps kernels aligned
-        batch = pad_batch(windows, self.pad_id, PAD_MULTIPLE if len(windows) > 1 else 1)
+        # a lone window needs only the runtime's padding; a batch pads to a multiple that keeps kernels aligned
+        batch = pad_batch(windows, self.pad_id, PAD_MULTIPLE if len(windows) > 1 else self.runtime.pad_multiple)
         start, end = self.runtime.run(batch)
         self.trimmer.after_batch(batch["input_ids"].size)
         return [(start[i, : len(w)], end[i, : len(w)]) for i, w in enumerate(windows)]

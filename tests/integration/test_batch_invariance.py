@@ -21,7 +21,7 @@ from tests.integration.test_read import korquad_passages, ready_engine
 TOLERANCE = 1e-6  # the stated tolerance on scores; spans must be identical
 
 
-async def alone_and_crowded(bundle: Path, **settings: object) -> tuple[list, list]:
+async def alone_and_crowded(bundle: Path, runtime: str = "onnxruntime", **settings: object) -> tuple[list, list]:
     engine = await ready_engine(Settings(model_dir=bundle, model_variant="int8", intra_op_threads=1, **settings))
     try:
         passages = korquad_passages(8)
@@ -30,7 +30,7 @@ async def alone_and_crowded(bundle: Path, **settings: object) -> tuple[list, lis
         others = [QARequest(f"질문 {i}은 무엇인가?", p, top_k=5) for i, p in enumerate(passages[1:] * 3)]
         results = await asyncio.gather(*(engine.answer([r]) for r in [*others[:12], probe, *others[12:]]))
         crowded = results[12][0]
-        assert engine.model_info()["precision"] == "int8"
+        assert engine.model_info()["precision"] == "int8" and engine.model_info()["runtime"] == runtime
         return alone.answers, crowded.answers
     finally:
         await engine.stop()
@@ -50,3 +50,11 @@ async def test_forced_batching_is_what_the_default_avoids(tiny_bundle: Path, win
     """With batches forced on, dynamic int8 logits move with the company a window keeps (the reason for the default)."""
     alone, crowded = await alone_and_crowded(tiny_bundle, max_batch_windows=windows, max_delay_ms=20)
     assert max(abs(a.logit - b.logit) for a, b in zip(alone, crowded, strict=False)) > TOLERANCE
+
+
+async def test_static_int8_on_openvino_is_invariant_even_in_forced_batches(static_marker_bundle: Path):
+    """Scales fixed at build time leave nothing for the company to move: batches may form freely."""
+    alone, crowded = await alone_and_crowded(static_marker_bundle, "openvino", max_batch_windows=32, max_delay_ms=20)
+    assert [(a.start, a.end, a.text) for a in alone] == [(a.start, a.end, a.text) for a in crowded]
+    for a, b in zip(alone, crowded, strict=True):
+        assert abs(a.score - b.score) <= TOLERANCE and abs(a.logit - b.logit) <= TOLERANCE

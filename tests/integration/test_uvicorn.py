@@ -93,3 +93,37 @@ def test_invalid_settings_exit_2(tmp_path):
     proc = start({"QA_MODEL_DIR": str(tmp_path), "QA_PORT": "70000"})
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 2 and "port" in out
+
+
+def serve_and_ask(bundle: Path, env: dict[str, str]) -> tuple[dict, dict, str]:
+    """Start a server on `bundle`, ask for the marker, stop it; /v1/models, the answer body and the log."""
+    port = free_port()
+    proc = start({"QA_MODEL_DIR": str(bundle), "QA_PORT": str(port), **env})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, base)
+        status, info = call(base + "/v1/models")
+        assert status == 200
+        context = "긴 문장. " * 80 + f"정답은 {MARKER}이다."
+        status, body = call(base + "/answer", {"question": "정답은?", "context": context})
+        assert status == 200, body
+        assert body["answers"][0]["start"] == context.rindex(MARKER)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, out
+    return info["data"][0], body, out
+
+
+def test_static_int8_is_served_by_openvino_and_matches_onnxruntime(static_marker_bundle: Path):
+    """The QDQ file runs on OpenVINO by default, says so, and ONNX Runtime (forced) finds the same answers."""
+    manifest = json.loads((static_marker_bundle / "manifest.json").read_text())
+    assert manifest["files"]["model.int8.onnx"]["runtime"] == "openvino"
+    assert manifest["validation"]["variants"]["int8"]["runtime"] == "openvino"  # validated where it is served
+    env = {"QA_MODEL_VARIANT": "int8"}
+    info, on_ov, log = serve_and_ask(static_marker_bundle, env)
+    assert info["runtime"] == "openvino" and info["execution_provider"].startswith("OpenVINO")
+    assert "OpenVINO" in log and "static int8" in info["runtime_reason"]
+    info, on_ort, _ = serve_and_ask(static_marker_bundle, {**env, "QA_RUNTIME": "onnxruntime"})
+    assert info["runtime"] == "onnxruntime" and info["runtime_reason"] == "QA_RUNTIME=onnxruntime"
+    assert [(a["start"], a["end"]) for a in on_ov["answers"]] == [(a["start"], a["end"]) for a in on_ort["answers"]]

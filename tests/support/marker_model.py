@@ -57,7 +57,9 @@ def make_marker_model(tiny_hf_dir: Path, out_dir: Path, marker: str = MARKER) ->
     return out_dir
 
 
-def build_marker_bundle(work: Path, tiny_hf_dir: Path) -> Path:
+def build_marker_bundle(work: Path, tiny_hf_dir: Path, int8_method: str = "dynamic") -> Path:
+    """`int8_method` "static" gives a QDQ int8 file that the service runs on OpenVINO."""
+    from model_export.config import ExportSection
     from model_export.pipeline import bundle_checkpoint
 
     hf = make_marker_model(tiny_hf_dir, work / "marker-hf")
@@ -65,6 +67,7 @@ def build_marker_bundle(work: Path, tiny_hf_dir: Path) -> Path:
         hf,
         work / "marker-bundle",
         work_dir=work / "marker-work",
+        export=ExportSection(int8_method=int8_method),  # type: ignore[arg-type]
         variants=("fp32", "int8"),
         windows={"max_seq_length": MAX_SEQ_LENGTH, "doc_stride": DOC_STRIDE, "max_query_length": MAX_QUERY_LENGTH},
         # non-marker logits are exact ties, so argmax agreement means nothing here; values must still match
