@@ -273,7 +273,8 @@ STAGES = ("inference", "tokenize", "decode")
 
 
 def stage_seconds(base: str) -> dict[str, float]:
-    """The server's total seconds so far in ONNX Runtime, tokenizing and decoding (qa_*_seconds_sum, /metrics)."""
+    """The server's total seconds so far in the engine, tokenizing and decoding (qa_*_seconds_sum, /metrics),
+    and in handling /answer requests from the first middleware to the response ("request")."""
     import httpx
 
     sums = {}
@@ -281,8 +282,10 @@ def stage_seconds(base: str) -> dict[str, float]:
         for stage in STAGES:
             if line.startswith(f"qa_{stage}_seconds_sum"):
                 sums[stage] = float(line.split()[-1])
-    if set(sums) != set(STAGES):
-        raise RuntimeError(f"/metrics lacks {set(STAGES) - set(sums)}")
+        if line.startswith('qa_request_duration_seconds_sum{endpoint="/answer"}'):
+            sums["request"] = float(line.split()[-1])
+    if set(sums) != {*STAGES, "request"}:
+        raise RuntimeError(f"/metrics lacks {({*STAGES, 'request'}) - set(sums)}")
     return sums
 
 
@@ -299,7 +302,7 @@ def run_service(bundle: Path, variant: str, n: int, device: str) -> list[dict[st
             # /metrics also counts load.py's warmup requests: take the timed requests' share of the engine time
             warmup = min(2, n)
             after = stage_seconds(base)
-            spent = {k: (after[k] - before[k]) * n / (n + warmup) for k in STAGES}
+            spent = {k: (after[k] - before[k]) * n / (n + warmup) for k in after}
             engine_s = spent["inference"]
             rows.append(
                 {
@@ -323,6 +326,8 @@ def run_service(bundle: Path, variant: str, n: int, device: str) -> list[dict[st
                     # what HTTP, tokenizing, decoding and queueing add to the engine's own time, one client
                     # at a time: wall time the engine was not running, over engine time
                     "overhead_vs_engine": round(r["wall_s"] / engine_s - 1, 3) if clients == 1 else None,
+                    # the same inside the server only: without the load generator's own time and the loopback
+                    "server_overhead_vs_engine": round(spent["request"] / engine_s - 1, 3) if clients == 1 else None,
                 }
             )
     return rows
@@ -349,6 +354,8 @@ def notes(row: dict[str, Any]) -> str:
         )
     if row.get("overhead_vs_engine") is not None:
         parts.append(f"overhead {100 * row['overhead_vs_engine']:.1f}% of engine time")
+    if row.get("server_overhead_vs_engine") is not None:
+        parts.append(f"{100 * row['server_overhead_vs_engine']:.1f}% inside the server")
     if "tokenize_s" in row:
         parts.append(
             f"engine {row['engine_s']:.1f} s, tokenize {row['tokenize_s']:.2f} s, decode {row['decode_s']:.2f} s,"
