@@ -49,7 +49,7 @@ done <<<"$stage_lines"
 [[ $ran -gt 0 ]] || { echo "no 'RUN ... pip install' line in stage '$stage'" >&2; exit 1; }
 
 cd "$work"  # away from the repo, so imports resolve from the venv only
-python -c "import onnxruntime, fastapi, uvicorn, tokenizers, numpy, prometheus_client, app.settings"
+python -c "import onnxruntime, openvino, uvloop, httptools, fastapi, uvicorn, tokenizers, numpy, prometheus_client, app.settings"
 # the demo page ships as package data; without it the image would serve / as a 500
 python -c "from app.api.demo import STATIC_DIR as d; missing = [f for f in ('index.html', 'app.css', 'app.js') if not (d / f).is_file()]; assert not missing, missing"
 for heavy in torch transformers optimum; do

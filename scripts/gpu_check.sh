@@ -29,7 +29,8 @@ log "install into $VENV"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
-"$PY" -m pip install -q ".[export]" httpx matplotlib
+# the cpu extra brings OpenVINO, which validates the static int8 file; onnxruntime is swapped for the GPU build below
+"$PY" -m pip install -q ".[cpu,export]" httpx matplotlib
 "$PY" -m pip uninstall -y -q onnxruntime || true
 # the [cuda,cudnn] extras bring CUDA and cuDNN as pip wheels, so the host needs only the driver
 "$PY" -m pip install -q "onnxruntime-gpu[cuda,cudnn]"
