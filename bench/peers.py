@@ -380,16 +380,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def plot(rows: list[dict[str, Any]], path: Path, command: str, machine: str) -> None:
     import matplotlib
 
@@ -421,6 +411,7 @@ def plot(rows: list[dict[str, Any]], path: Path, command: str, machine: str) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from app.engine.hardware import cpu_name
     from app.settings import cpu_quota
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -464,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = with_ratios(rows)
 
     command = " ".join(["python", "bench/peers.py", *(argv if argv is not None else sys.argv[1:])])
-    machine = f"{cpu_model()}, {cpu_quota()} CPUs" + (", CUDA" if args.device == "cuda" else "")
+    machine = f"{cpu_name()}, {cpu_quota()} CPUs" + (", CUDA" if args.device == "cuda" else "")
     table = markdown_table(rows)
     print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -254,7 +254,7 @@ class EnginePredictor:
             model_variant=variant,  # type: ignore[arg-type]
             providers="cpu",
             intra_op_threads=threads,
-            warmup=False,
+            warmup=True,  # every shape planned first (OpenVINO), so the recorded speed is the served one
             # batches as the service makes them on this device (one window per call on a CPU): with dynamic
             # int8, batching moves the logits, so any other choice would score a different model
             max_batch_windows=0,
@@ -267,6 +267,7 @@ class EnginePredictor:
         )
         self.engine = QAEngine(self.settings)
         self.variant = self.engine.variant
+        self.served_by = ""  # the runtime and device, known once the engine has loaded
         self.description = f"{bundle_dir} [{self.variant}]"
 
     def predict(self, pairs: Sequence[tuple[str, str]], top_k: int, max_answer_length: int) -> list[list[Span]]:
@@ -283,6 +284,7 @@ class EnginePredictor:
                 if not health.alive:
                     raise RuntimeError(f"{self.description}: {health.detail}")
                 await asyncio.sleep(0.01)
+            self.served_by = str(engine.model_info()["execution_provider"])
             results: list[list[Span]] = []
             for c in range(0, len(pairs), self.CHUNK):
                 requests = [QARequest(q, ctx, top_k, max_answer_length) for q, ctx in pairs[c : c + self.CHUNK]]

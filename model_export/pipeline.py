@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from app.engine.bundle import MANIFEST, Manifest, RuntimeName, Score, read_manifest
+from app.engine.hardware import cpu_name
 from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id
+from app.settings import cpu_quota
 from model_export.bundle import BUNDLE_FILE_NAMES, training_record, write_bundle
 from model_export.config import BuildConfig, ExportSection
 from model_export.data import Example, load_examples
@@ -299,8 +301,10 @@ def evaluate_stage(
     max_answer_length: int = 30,
     threads: int | None = None,
     meta: dict[str, Any] | None = None,
+    speeds: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Score each variant of a bundle through the service's own engine (KorQuAD and SQuAD metrics)."""
+    """Score each variant of a bundle through the service's own engine (KorQuAD and SQuAD metrics); with
+    `speeds`, also record each variant's questions per second there (tokenizing, engine and decoding)."""
     from model_export.evaluate import evaluate_predictor, manifest_scores, open_predictor
 
     scores: list[dict[str, Any]] = []
@@ -314,6 +318,12 @@ def evaluate_stage(
             meta={**(meta or {}), "variant": chosen},
         )
         log.info("%s: %s", chosen, {m: result[m] for m in ("korquad", "squad") if m in result})
+        if speeds is not None:
+            speeds[chosen] = {
+                "questions_per_second": result["questions_per_second"],
+                "questions": result["n"],
+                "served_by": getattr(predictor, "served_by", ""),
+            }
         scores += [s.model_dump() for s in manifest_scores(result, dataset, split)]
     return scores
 
@@ -416,6 +426,7 @@ def build(cfg: BuildConfig, command: str) -> Path:
     if ev.max_examples:
         test = test[: ev.max_examples]
     split = f"test (articles {cfg.data.test_articles}" + (f", first {len(test)}" if ev.max_examples else "") + ")"
+    speeds: dict[str, Any] = {}
     scores = evaluate_stage(
         staged,
         exp.variants,
@@ -427,6 +438,7 @@ def build(cfg: BuildConfig, command: str) -> Path:
         ev.max_answer_length,
         ev.threads,
         meta={"data": cfg.data.file, "articles": cfg.data.test_articles},
+        speeds=speeds,
     )
     shipped = exp.shipped
     bundle = write_bundle(
@@ -439,6 +451,12 @@ def build(cfg: BuildConfig, command: str) -> Path:
             **manifest_extra,
             "build_config": cfg.model_dump(mode="json", by_alias=True),
             "unshipped_scores": [s for s in scores if s["variant"] not in shipped],
+            "speed": {
+                "measured": f"scoring the {split} split in one process: tokenizing, engine (one window per "
+                "call) and decoding, no HTTP",
+                "machine": f"{cpu_name()}, {ev.threads or cpu_quota()} threads",
+                "variants": speeds,
+            },
         },
         **common,
     )

@@ -34,6 +34,18 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name, for reports next to speeds measured on it."""
+    try:
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def pick_variant(variants: Iterable[str], requested: str, on_cuda: bool, flags: frozenset[str]) -> Pick:
     """The bundle variant to serve: the requested one, else the fastest faithful one for this device."""
     have = list(variants)
