@@ -52,9 +52,13 @@ async def test_forced_batching_is_what_the_default_avoids(tiny_bundle: Path, win
     assert max(abs(a.logit - b.logit) for a, b in zip(alone, crowded, strict=False)) > TOLERANCE
 
 
-async def test_static_int8_on_openvino_is_invariant_even_in_forced_batches(static_marker_bundle: Path):
-    """Scales fixed at build time leave nothing for the company to move: batches may form freely."""
-    alone, crowded = await alone_and_crowded(static_marker_bundle, "openvino", max_batch_windows=32, max_delay_ms=20)
+async def test_static_int8_on_openvino_answers_alone_equal_answers_in_a_crowd(static_marker_bundle: Path):
+    """The OpenVINO path keeps the guarantee too: one window per call, padded to the runtime's multiple only.
+
+    (Forced batches are not invariant there either: on the real model OpenVINO's int8 kernels moved logits
+    by up to 0.1 between a window alone and the same window in a batch of 4.)
+    """
+    alone, crowded = await alone_and_crowded(static_marker_bundle, "openvino")
     assert [(a.start, a.end, a.text) for a in alone] == [(a.start, a.end, a.text) for a in crowded]
     for a, b in zip(alone, crowded, strict=True):
         assert abs(a.score - b.score) <= TOLERANCE and abs(a.logit - b.logit) <= TOLERANCE
