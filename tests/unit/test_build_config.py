@@ -25,7 +25,8 @@ def test_shipped_configs_parse(name: str) -> None:
 
 def test_shipped_config_values_arrive_typed() -> None:
     cfg = load_build_config(CONFIGS / "korquad-e5-small.toml")
-    assert cfg.export.shipped == ["int8"] and cfg.export.int8_method == "dynamic" and cfg.export.smooth_alpha == 0.7
+    assert cfg.export.shipped == ["int8"] and cfg.export.int8_method == "static"
+    assert cfg.export.calibration_windows == 128
     assert cfg.train.learning_rate == 1e-4 and cfg.train.negatives == 0.5  # type: ignore[attr-defined]
     assert cfg.train.freeze_word_embeddings is False  # type: ignore[attr-defined]
     assert cfg.calibrate.enabled and cfg.calibrate.fit_articles == "0:100" and cfg.calibrate.dev_articles == "100:112"
