@@ -85,8 +85,8 @@ class Settings(BaseSettings):
     max_batch_windows: int = Field(
         0,
         ge=0,
-        description="Windows per ONNX Runtime call; 0 = auto: 1 on a CPU, where batching measured slower than one "
-        "window at a time (bench/engine_modes.py), 32 on CUDA.",
+        description="Windows per engine call; 0 = auto: 1 on a CPU, where a window's answers must not depend on "
+        "its batch (batching would gain at most 15% there: bench/engine_modes.py), 32 on CUDA.",
     )
     max_batch_tokens: int = Field(
         8192, ge=1, description="Padded tokens (windows x longest window) per call; bounds memory."
