@@ -79,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s),
+        timeout_keep_alive=math.ceil(settings.keep_alive_s),
         proxy_headers=settings.proxy_headers,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         server_header=False,

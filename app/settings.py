@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         description="Drain window after SIGTERM: in-flight requests get this long to finish, the rest a JSON 503. "
         "Longer than the request deadline, so by default nothing in flight is lost.",
     )
+    keep_alive_s: float = Field(
+        75.0,
+        gt=0,
+        description="How long an idle keep-alive connection stays open. Longer than the idle timeout of clients "
+        "and load balancers in front (5 s for httpx, 60 s for many cloud balancers), so the server never closes "
+        "a connection just as a client sends on it, which the client sees as a reset.",
+    )
     proxy_headers: bool = Field(
         True, description="Take the client address from X-Forwarded-For, but only from forwarded_allow_ips."
     )

@@ -127,3 +127,26 @@ def test_static_int8_is_served_by_openvino_and_matches_onnxruntime(static_marker
     info, on_ort, _ = serve_and_ask(static_marker_bundle, {**env, "QA_RUNTIME": "onnxruntime"})
     assert info["runtime"] == "onnxruntime" and info["runtime_reason"] == "QA_RUNTIME=onnxruntime"
     assert [(a["start"], a["end"]) for a in on_ov["answers"]] == [(a["start"], a["end"]) for a in on_ort["answers"]]
+
+
+def test_idle_keep_alive_connection_outlives_client_idle_timeouts(marker_bundle: Path):
+    """A connection idle longer than httpx's 5 s keep-alive is still served: a server that closed it first
+    would race the client's next request, which the client sees as a reset (it did, under load)."""
+    import http.client
+
+    port = free_port()
+    proc = start({"QA_MODEL_DIR": str(marker_bundle), "QA_PORT": str(port)})
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/livez")
+        first = conn.getresponse()
+        assert first.status == 200 and first.read()
+        time.sleep(6)
+        conn.request("GET", "/livez")  # the same socket, after 6 s idle
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
