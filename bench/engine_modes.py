@@ -23,7 +23,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.engine.runtime import OrtRuntime, Runtime, open_runtime  # noqa: E402
+from app.engine.hardware import pick_runtime  # noqa: E402
+from app.engine.runtime import OrtRuntime, Runtime, open_runtime, openvino_version  # noqa: E402
 from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id  # noqa: E402
 from bench.peers import DATA, load_items  # noqa: E402
 
@@ -95,9 +96,8 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     m = json.loads((args.bundle / "manifest.json").read_text())
-    rt_name = args.runtime
-    if rt_name == "auto":
-        rt_name = m["files"][m["variants"][args.variant]].get("runtime") or "onnxruntime"
+    built_for = m["files"][m["variants"][args.variant]].get("runtime")
+    rt_name = pick_runtime(built_for, args.runtime, False, openvino_version()).name
     print(f"{args.variant} on {rt_name}", flush=True)
 
     def make(threads: int, spin: bool = False) -> Runtime:

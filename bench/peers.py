@@ -213,7 +213,8 @@ def run_raw(
 ):
     from tokenizers import Tokenizer
 
-    from app.engine.runtime import OpenVinoRuntime, open_runtime
+    from app.engine.hardware import pick_runtime
+    from app.engine.runtime import OpenVinoRuntime, open_runtime, openvino_version
     from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id
 
     m = json.loads((bundle / "manifest.json").read_text())
@@ -224,7 +225,7 @@ def run_raw(
     windows.sort(key=lambda qw: len(qw[1]))
     file = m["variants"][variant]
     # the runtime the service would pick for this file (static int8: OpenVINO on a CPU)
-    runtime = "openvino" if m["files"][file].get("runtime") == "openvino" and device == "cpu" else "onnxruntime"
+    runtime = pick_runtime(m["files"][file].get("runtime"), "auto", device == "cuda", openvino_version()).name
     rt = open_runtime(
         bundle / file,
         m["input_names"],

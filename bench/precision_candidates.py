@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from load import DATA, load_items  # noqa: E402
 
 from app.engine.hardware import cpu_flags  # noqa: E402
-from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id  # noqa: E402
+from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id, padded_width  # noqa: E402
 from model_export.data import load_examples  # noqa: E402
 
 Run = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
@@ -87,7 +87,7 @@ def nncf_openvino_runner(raw: Path, dst: Path, calib: list[dict[str, np.ndarray]
     def run(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         # padded as the service pads a lone window for OpenVINO, cut back for the comparison
         n = f["input_ids"].shape[1]
-        width = -(-n // rt.pad_multiple) * rt.pad_multiple
+        width = padded_width(n, rt.pad_multiple)
         padded = {k: np.pad(v, ((0, 0), (0, width - n))) for k, v in f.items()}
         start, end = rt.run(padded)
         return start[:, :n], end[:, :n]

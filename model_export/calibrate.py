@@ -311,7 +311,7 @@ def bundle_logits(bundle_dir: Path, examples: Sequence[Example], threads: int = 
 
     m = read_manifest(bundle_dir)
     file = m.variants[pick_variant(m.variants, "auto", False, cpu_flags()).name]
-    runtime = pick_runtime(m.files[file].runtime or "onnxruntime", "auto", False, openvino_version()).name
+    runtime = pick_runtime(m.files[file].runtime, "auto", False, openvino_version()).name
     rt = open_runtime(bundle_dir / file, m.input_names, m.output_names, runtime, "cpu", threads)
     tok = Tokenizer.from_file(str(bundle_dir / m.tokenizer))
     pad = pad_token_id(tok)

@@ -363,24 +363,20 @@ def build(cfg: BuildConfig, command: str) -> Path:
 
     onnx_dir = work / "onnx"
     model = load_qa_model(model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
+    windows = Windows(**cfg.windows.model_dump())
     made, info = export_stage(model_dir, onnx_dir, exp.variants, exp.opset, model)
     if "int8" in exp.variants:
         # calibration comes from the training split, away from the validation questions (its first ones)
         cal = train_examples[cfg.validate_.max_examples :: 17]
         made["int8"] = quantize_stage(
-            onnx_dir,
-            made["fp32"],
-            exp,
-            load_tokenizer(str(model_dir)),
-            [(e.question, e.context) for e in cal],
-            Windows(**cfg.windows.model_dump()),
+            onnx_dir, made["fp32"], exp, tokenizer, [(e.question, e.context) for e in cal], windows
         )
-    windows = Windows(**cfg.windows.model_dump())
     # validation pairs come from the training split: nothing is tuned on them, but test stays untouched
     val = train_examples[: cfg.validate_.max_examples]
     report = validate_stage(
         model,
-        load_tokenizer(str(model_dir)),
+        tokenizer,
         {v: made[v] for v in exp.variants},
         info,
         windows,

@@ -21,29 +21,27 @@ class Pick:
     reason: str
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The first processor's feature flags (x86 'flags', Arm 'Features'); empty where /proc is not Linux's."""
+def _cpuinfo_value(cpuinfo: Path, keys: tuple[str, ...]) -> str | None:
+    """The first processor's value for the first of `keys` present; None where /proc is not Linux's."""
     try:
         text = cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        if sep and key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The first processor's feature flags (x86 'flags', Arm 'Features'); empty where /proc is not Linux's."""
+    return frozenset((_cpuinfo_value(cpuinfo, ("flags", "Features")) or "").split())
 
 
 def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name, for reports next to speeds measured on it."""
-    try:
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            key, sep, value = line.partition(":")
-            if sep and key.strip() == "model name":
-                return value.strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+    return _cpuinfo_value(cpuinfo, ("model name",)) or "unknown CPU"
 
 
 def pick_variant(variants: Iterable[str], requested: str, on_cuda: bool, flags: frozenset[str]) -> Pick:
@@ -70,10 +68,11 @@ def pick_variant(variants: Iterable[str], requested: str, on_cuda: bool, flags: 
     return Pick(have[0], "the bundle's only variant")
 
 
-def pick_runtime(built_for: str, requested: str, on_cuda: bool, openvino: str | None) -> Pick:
+def pick_runtime(built_for: str | None, requested: str, on_cuda: bool, openvino: str | None) -> Pick:
     """The runtime for the chosen file: the one it was built and validated for, unless told otherwise.
 
-    `built_for` is the manifest's `runtime` for the file; `openvino` is OpenVINO's version, None when absent.
+    `built_for` is the manifest's `runtime` for the file (None: ONNX Runtime, as in bundles that predate the
+    field); `openvino` is OpenVINO's version, None when absent.
     """
     if requested != "auto":
         if requested == "openvino" and on_cuda:

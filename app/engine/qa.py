@@ -57,7 +57,7 @@ class QAEngine:
         self.variant = self.pick.name
         self.model_file = manifest.variants[self.variant]
         self.manifest: Manifest = verify_bundle(self.bundle_dir, needed=[self.model_file, manifest.tokenizer])
-        built_for = self.manifest.files[self.model_file].runtime or "onnxruntime"
+        built_for = self.manifest.files[self.model_file].runtime
         self.runtime_pick = pick_runtime(built_for, settings.runtime, on_cuda, openvino_version())
         if settings.max_batch_tokens < self.manifest.max_seq_length:
             raise BundleError(
@@ -80,8 +80,9 @@ class QAEngine:
     # --- lifecycle ---
     @property
     def max_batch_windows(self) -> int:
-        """On a CPU one window at a time, unpadded, is fastest; it also makes every window's result independent
-        of what else is queued, which dynamic int8 (activation scales per tensor) would otherwise not be."""
+        """On a CPU one window at a time: every window's result is then independent of what else is queued,
+        which neither dynamic int8 (activation scales per tensor) nor OpenVINO's int8 kernels promise in a
+        batch, and batching would gain at most 15% there (bench/engine_modes.py)."""
         if self.settings.max_batch_windows:
             return self.settings.max_batch_windows
         return 32 if self.on_cuda else 1
