@@ -2,10 +2,11 @@
 
     python -m model_export calibrate --logits dev_logits.npz --data KorQuAD_v1.0_dev.json --articles 100:112 \
         --tokenizer runs/gpu/final --trim-suffixes 을 를 ... --out runs/calibration
+    python -m model_export calibrate --logits fold-1.npz fold-2.npz --articles 0:56 56:112 ...   # out of fold
 
-The logits come from a model of the shipped recipe trained WITHOUT the dev articles (model_export sweep's
-fit split), over two sets: each dev question with its own paragraph, and with a paragraph of another dev
-article (`cross_article_pairs`). Fitted here:
+The logits come from models of the shipped recipe trained WITHOUT the articles they score (the dev slice,
+or each fold's held-out block), over two sets: each of those questions with its own paragraph, and with a
+paragraph of another of those articles (`cross_article_pairs`). Fitted here:
 
 - `score_calibration` (a, b): a span's softmax share p becomes sigmoid(a * logit(p) + b), minimising the
   log loss of the top answer's score against its exact match, so that 0.8 is right about 80% of the time.
@@ -21,6 +22,7 @@ import argparse
 import json
 import logging
 import random
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,25 +101,32 @@ def write_dev_logits(model_dir: Path, examples: Sequence[Example], w: Any, path:
     save_logits(tmp / "cross.npz", cross, checkpoint_logits(model_dir, cross, w))
     with np.load(tmp / "own.npz") as own, np.load(tmp / "cross.npz") as neg:
         np.savez(path, **{f"own/{k}": own[k] for k in own.files}, **{f"cross/{k}": neg[k] for k in neg.files})
+    shutil.rmtree(tmp)
     return path
 
 
 def fit_from_logits(
-    logits: Path, data: str, articles: str, tokenizer: PairTokenizer, w: Any, trim_suffixes: Sequence[str]
+    parts: Sequence[tuple[Path, str]], data: str, tokenizer: PairTokenizer, w: Any, trim_suffixes: Sequence[str]
 ) -> tuple[dict[str, Any], list[Outcome]]:
-    """Fit calibration and threshold from a dev-logits npz; returns (the manifest's record, own outcomes)."""
-    dev = load_examples(data, articles)
-    cross = cross_article_pairs(dev, random.Random(0))
-    with np.load(logits) as z:
-        ids_own, own_logits = load_logits(z, "own/")
-        ids_cross, cross_logits = load_logits(z, "cross/")
-    if ids_own != [e.id for e in dev] or ids_cross != [e.id for e in cross]:
-        raise ValueError(f"{logits}: its questions are not those of {data} articles {articles}")
-    own = outcomes(dev, windows_for(tokenizer, dev, w), own_logits, trim_suffixes)
-    neg = outcomes(cross, windows_for(tokenizer, cross, w), cross_logits, trim_suffixes)
+    """Fit calibration and threshold from dev-logits npz files, each with the articles its model never saw
+    (one dev slice, or the held-out block of each fold); returns (the manifest's record, own outcomes)."""
+    own: list[Outcome] = []
+    neg: list[Outcome] = []
+    for logits, articles in parts:
+        dev = load_examples(data, articles)
+        cross = cross_article_pairs(dev, random.Random(0))
+        with np.load(logits) as z:
+            ids_own, own_logits = load_logits(z, "own/")
+            ids_cross, cross_logits = load_logits(z, "cross/")
+        if ids_own != [e.id for e in dev] or ids_cross != [e.id for e in cross]:
+            raise ValueError(f"{logits}: its questions are not those of {data} articles {articles}")
+        own += outcomes(dev, windows_for(tokenizer, dev, w), own_logits, trim_suffixes)
+        neg += outcomes(cross, windows_for(tokenizer, cross, w), cross_logits, trim_suffixes)
     calibration = fit_platt(own)
     threshold = fit_null_threshold(own, neg)
-    return {"fitted_on": f"{Path(data).name} articles {articles}", **measure(own, neg, calibration, threshold)}, own
+    fitted_on = f"{Path(data).name} articles {' + '.join(a for _, a in parts)}"
+    record = {"fitted_on": fitted_on, "fit_models": len(parts), **measure(own, neg, calibration, threshold)}
+    return record, own
 
 
 def load_logits(z: Any, prefix: str = "") -> tuple[list[str], list[list[tuple[np.ndarray, np.ndarray]]]]:
@@ -182,6 +191,14 @@ def ece(scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
         if m.any():
             total += m.mean() * abs(correct[m].mean() - scores[m].mean())
     return float(total)
+
+
+def ece_floor(scores: np.ndarray, bins: int = 10, draws: int = 400, seed: int = 0) -> dict[str, float]:
+    """The ECE that perfectly calibrated scores would still show on this many questions: the mean and the
+    90th percentile over outcomes drawn as Bernoulli(score). A measured ECE near it is sampling noise."""
+    rng = np.random.default_rng(seed)
+    draws_ece = [ece(scores, (rng.random(len(scores)) < scores).astype(float), bins) for _ in range(draws)]
+    return {"mean": float(np.mean(draws_ece)), "p90": float(np.quantile(draws_ece, 0.9))}
 
 
 def fit_platt(own: Sequence[Outcome], iterations: int = 50) -> tuple[float, float]:
@@ -256,6 +273,7 @@ def measure(
         "auroc_null_margin": auroc(np.array([o.margin for o in own]), np.array([o.margin for o in cross])),
         "ece_before": ece(raw, correct, bins),
         "ece_after": ece(cal, correct, bins),
+        "ece_floor_after": ece_floor(cal, bins),
         "sharpness_before": sharp(raw),
         "sharpness_after": sharp(cal),
         "score_calibration": list(calibration),
@@ -348,7 +366,9 @@ def measure_bundle(bundle_dir: Path, data: str, articles: str, out: Path, thread
 
 def _calibrate_command(args: argparse.Namespace) -> int:
     if args.bundle:
-        result = measure_bundle(Path(args.bundle), args.data, args.articles, Path(args.out))
+        if len(args.articles) != 1:
+            raise SystemExit("calibrate --bundle: give one --articles range (the test split)")
+        result = measure_bundle(Path(args.bundle), args.data, args.articles[0], Path(args.out))
         print(json.dumps(result, indent=1))
         return 0
     from model_export.train import load_tokenizer
@@ -358,13 +378,17 @@ def _calibrate_command(args: argparse.Namespace) -> int:
     windows = argparse.Namespace(
         max_seq_length=args.max_seq_length, doc_stride=args.doc_stride, max_query_length=args.max_query_length
     )
+    if len(args.logits) != len(args.articles):
+        raise SystemExit("calibrate: give one --articles range per --logits file (the articles its model never saw)")
     tokenizer = load_tokenizer(args.tokenizer)
-    result, own = fit_from_logits(Path(args.logits), args.data, args.articles, tokenizer, windows, args.trim_suffixes)
+    parts = [(Path(f), a) for f, a in zip(args.logits, args.articles, strict=True)]
+    result, own = fit_from_logits(parts, args.data, tokenizer, windows, args.trim_suffixes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     a, b = result["score_calibration"]
-    reliability_plot(own, (a, b), out / "reliability_dev.png", f"dev slice (articles {args.articles})")
+    title = f"held-out training articles {' + '.join(args.articles)}"
+    reliability_plot(own, (a, b), out / "reliability_dev.png", title)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -373,10 +397,20 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "calibrate", help="fit score calibration and the null threshold on a dev slice, or measure a bundle's"
     )
-    p.add_argument("--logits", help="fit: npz of own/ and cross/ per-window logits (model_export build writes one)")
+    p.add_argument(
+        "--logits",
+        nargs="+",
+        default=[],
+        help="fit: npz files of own/ and cross/ per-window logits (model_export build writes them), one per model",
+    )
     p.add_argument("--bundle", help="measure instead: a bundle's figures with its own calibration and threshold")
     p.add_argument("--data", required=True, help="SQuAD-format JSON holding the dev articles")
-    p.add_argument("--articles", default="100:112", help="the dev slice of the training articles")
+    p.add_argument(
+        "--articles",
+        nargs="+",
+        default=["100:112"],
+        help="fit: the articles each --logits file's model never saw, in the same order; --bundle: the test split",
+    )
     p.add_argument("--tokenizer", help="fit: dir with the model's tokenizer.json")
     p.add_argument("--trim-suffixes", nargs="*", default=[], help="the bundle's trim_suffixes")
     p.add_argument("--max-seq-length", type=int, default=384)

@@ -118,15 +118,25 @@ class ValidateSection(_Section):
 
 
 class CalibrateSection(_Section):
-    """Score calibration and the null threshold, fitted on a dev slice of the training articles.
+    """Score calibration and the null threshold, fitted on questions the fitting model never trained on.
 
-    A model of the same recipe is trained on `fit_articles` only (its logits on `dev_articles` are kept in
-    work_dir/calibrate/dev_logits.npz and reused), so the fit never sees a question the scored model trained on.
+    With `folds = 0`, a model of the same recipe is trained on `fit_articles` only and the fit uses its
+    logits on `dev_articles` (work_dir/calibrate/dev_logits.npz, reused). With `folds = K` (K >= 2), K models
+    are trained, each without one contiguous block of the training articles, and the fit uses every
+    training question, scored by the model that did not see its article (work_dir/calibrate/fold-I-of-K/
+    dev_logits.npz, reused): K times the training, and every training article's worth of fitting data.
     """
 
     enabled: bool = False
     fit_articles: str = "0:100"
     dev_articles: str = "100:112"
+    folds: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _folds_are_several(self) -> CalibrateSection:
+        if self.folds == 1:
+            raise ValueError("calibrate.folds is 0 (one dev slice) or at least 2")
+        return self
 
 
 class EvaluateSection(_Section):

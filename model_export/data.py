@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +29,47 @@ class Feature:
     end_position: int
 
 
-def parse_articles(spec: str | None, n_articles: int) -> range:
-    """'0:112' -> range(0, 112); None -> every article. Negative and open ends work like slices."""
+def parse_articles(spec: str | None, n_articles: int) -> list[int]:
+    """'0:112' -> 0..111; '0:28,56:112' -> a union, in order; None -> every article. Ends work like slices."""
     if spec is None:
-        return range(n_articles)
-    lo, sep, hi = spec.partition(":")
-    if not sep:
-        i = int(lo)
-        return range(i, i + 1)
-    return range(n_articles)[slice(int(lo) if lo else None, int(hi) if hi else None)]
+        return list(range(n_articles))
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, sep, hi = part.strip().partition(":")
+        if not sep:
+            i = int(lo)
+            out.append(i)
+        else:
+            out += range(n_articles)[slice(int(lo) if lo else None, int(hi) if hi else None)]
+    return out
+
+
+def articles_spec(articles: Sequence[int]) -> str:
+    """The shortest parse_articles spec for these articles: [0, 1, 2, 5] -> '0:3,5:6'."""
+    runs: list[list[int]] = []
+    for a in articles:
+        if runs and a == runs[-1][1]:
+            runs[-1][1] = a + 1
+        else:
+            runs.append([a, a + 1])
+    return ",".join(f"{lo}:{hi}" for lo, hi in runs)
+
+
+def article_folds(spec: str, folds: int, n_articles: int) -> list[tuple[str, str]]:
+    """(fit, held-out) article specs of `folds` contiguous blocks of `spec`: each article is held out once.
+
+    Blocks are contiguous rather than interleaved so that a fold's held-out articles, like the test
+    split, are whole stretches of the file the fold model never saw.
+    """
+    articles = parse_articles(spec, n_articles)
+    if not 2 <= folds <= len(articles):
+        raise ValueError(f"{folds} folds need 2 to {len(articles)} articles' worth of blocks")
+    bounds = [round(i * len(articles) / folds) for i in range(folds + 1)]
+    out = []
+    for lo, hi in itertools.pairwise(bounds):
+        held = articles[lo:hi]
+        out.append((articles_spec(articles[:lo] + articles[hi:]), articles_spec(held)))
+    return out
 
 
 def load_squad(path: Path, articles: str | None = None) -> list[Example]:

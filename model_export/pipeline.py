@@ -181,33 +181,61 @@ def int8_description(exp: ExportSection) -> str:
 
 
 def calibrate_stage(cfg: BuildConfig, base_dir: Path, model_dir: Path, trim: Sequence[str]) -> dict[str, Any]:
-    """Platt calibration and the null threshold from a same-recipe model trained without the dev articles."""
-    from model_export.calibrate import fit_from_logits, write_dev_logits
-    from model_export.train import TrainConfig, load_tokenizer, train
+    """Platt calibration and the null threshold from same-recipe models, each scoring only articles it never
+    saw: one model without the dev slice, or one per fold (`calibrate.folds`)."""
+    from model_export.calibrate import fit_from_logits
+    from model_export.data import article_folds, parse_articles
+    from model_export.train import load_tokenizer
 
     c = cfg.calibrate
     work = Path(cfg.work_dir) / "calibrate"
-    logits = work / "dev_logits.npz"
-    w = cfg.windows
-    if logits.is_file():
-        log.info("calibrate: reusing %s", logits)
+    if c.folds:
+        n_articles = len(json.loads(Path(cfg.data.file).read_text(encoding="utf-8"))["data"])
+        splits = article_folds(cfg.data.train_articles, c.folds, n_articles)
+        if any(len(parse_articles(held, n_articles)) < 2 for _, held in splits):
+            # before any training: each block needs cross-article pairs for the null threshold
+            raise ValueError(f"calibrate.folds = {c.folds}: every fold must hold out at least two articles")
+        dirs = [work / fold_dir(i, c.folds) for i in range(1, c.folds + 1)]
     else:
-        fit_model = train(
-            TrainConfig(
-                base_model=str(base_dir),
-                train_file=cfg.data.file,
-                output_dir=str(work / "train"),
-                train_articles=c.fit_articles,
-                max_seq_length=w.max_seq_length,
-                doc_stride=w.doc_stride,
-                max_query_length=w.max_query_length,
-                **cfg.train.model_dump(),
-            )
-        )
-        write_dev_logits(fit_model, load_examples(cfg.data.file, c.dev_articles), w, logits)
-    record, _ = fit_from_logits(logits, cfg.data.file, c.dev_articles, load_tokenizer(str(model_dir)), w, trim)
+        splits, dirs = [(c.fit_articles, c.dev_articles)], [work]
+    parts = [
+        (held_out_logits(cfg, base_dir, fit, dev, d / "dev_logits.npz", d / "train"), dev)
+        for (fit, dev), d in zip(splits, dirs, strict=True)
+    ]
+    record, _ = fit_from_logits(parts, cfg.data.file, load_tokenizer(str(model_dir)), cfg.windows, trim)
     log.info("calibration: %s", record)
     return record
+
+
+def fold_dir(i: int, folds: int) -> str:
+    """Where fold i's model and logits live under work_dir/calibrate (the GPU script returns the same layout)."""
+    return f"fold-{i}-of-{folds}"
+
+
+def held_out_logits(
+    cfg: BuildConfig, base_dir: Path, fit_articles: str, dev_articles: str, logits: Path, train_dir: Path
+) -> Path:
+    """`logits`: a model of the recipe trained on `fit_articles` (in `train_dir`) run on `dev_articles`; reused."""
+    from model_export.calibrate import write_dev_logits
+    from model_export.train import TrainConfig, train
+
+    if logits.is_file():
+        log.info("calibrate: reusing %s", logits)
+        return logits
+    w = cfg.windows
+    fit_model = train(
+        TrainConfig(
+            base_model=str(base_dir),
+            train_file=cfg.data.file,
+            output_dir=str(train_dir),
+            train_articles=fit_articles,
+            max_seq_length=w.max_seq_length,
+            doc_stride=w.doc_stride,
+            max_query_length=w.max_query_length,
+            **cfg.train.model_dump(),
+        )
+    )
+    return write_dev_logits(fit_model, load_examples(cfg.data.file, dev_articles), w, logits)
 
 
 # ---------------------------------------------------------------- export / quantize / validate

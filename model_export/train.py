@@ -214,7 +214,10 @@ def train(cfg: TrainConfig) -> Path:
 
     final = out / "final"
     model.save_pretrained(final)
-    shutil.copy(Path(cfg.base_model) / "tokenizer.json", final / "tokenizer.json")
+    # all of them: transformers reads special tokens and casing from the config files, not tokenizer.json alone
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(cfg.base_model) / name).is_file():
+            shutil.copy(Path(cfg.base_model) / name, final / name)
     (final / "training.json").write_text(
         json.dumps(
             {

@@ -7,8 +7,12 @@ the same code (model_export.train); only the device differs. What comes back:
                               cross-article pairs (for the null threshold and the temperature, fitted on the CPU)
   delta-*.npz                 final (trained on all training articles) minus base, fp16, under the file limit
   final.json                  its training record
+  calibrate/fold-I-of-K/dev_logits.npz
+                              with --folds K: each fold model's logits on the articles it was trained without
+                              (the build's calibrate.folds; copy calibrate/ into the build's work_dir to reuse)
 
     python scripts/device/gpu_train.py --base BASE_DIR --data TRAIN_JSON --out OUT [--budget-s 300]
+    python scripts/device/gpu_train.py ... --no-sweep --no-final --folds 4   # out-of-fold calibration only
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from model_export.calibrate import write_dev_logits
-from model_export.config import load_build_config
+from model_export.config import BuildConfig, load_build_config
 from model_export.data import load_examples
 from model_export.sweep import best_trial, run_sweep, trial_config
 
@@ -104,27 +108,10 @@ def apply_delta(base_dir: Path, delta_files: list[Path], out: Path) -> Path:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/korquad-e5-small.toml")
-    ap.add_argument("--trials", default="configs/sweep-korquad.toml")
-    ap.add_argument("--base", required=True)
-    ap.add_argument("--data", required=True, help="SQuAD JSON holding the training articles")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--work", default="runs/gpu-work")
-    ap.add_argument("--budget-s", type=float, default=300, help="sweep budget; the final run comes after")
-    ap.add_argument("--final-epochs", type=float, default=None, help="override the chosen recipe's epochs")
-    ap.add_argument("--smoke", action="store_true", help="tiny steps and examples: check the plumbing on a CPU")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out, work = Path(args.out), Path(args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-
-    overrides = [f'data.file="{args.data}"']
-    if args.smoke:
-        overrides += ["train.max_steps=2", "train.max_examples=24"]
-    cfg = load_build_config(Path(args.config), overrides)
+def sweep_and_dev_logits(
+    cfg: BuildConfig, args: argparse.Namespace, out: Path, work: Path, t0: float
+) -> tuple[str, dict[str, object]]:
+    """The sweep's trials on the dev slice, the best one's dev logits; returns its name and recipe overrides."""
     results = run_sweep(cfg, args.base, Path(args.trials), work / "sweep", args.budget_s)
     (out / "results.jsonl").write_bytes((work / "sweep" / "results.jsonl").read_bytes())
     best = best_trial(results)
@@ -137,16 +124,66 @@ def main() -> int:
     dev = load_examples(args.data, best["dev_articles"])
     write_dev_logits(Path(best["dir"]), dev, windows, out / "dev_logits.npz")
     log.info("dev logits written after %.0f s", time.monotonic() - t0)
+    return best["name"], dict(best["overrides"])
+
+
+def fold_logits(cfg: BuildConfig, args: argparse.Namespace, out: Path, work: Path, t0: float) -> None:
+    """The build's out-of-fold calibration models, trained here; only their logits go back."""
+    from model_export.data import article_folds
+    from model_export.pipeline import fold_dir, held_out_logits
+
+    n_articles = len(json.loads(Path(args.data).read_text(encoding="utf-8"))["data"])
+    for i, (fit, held) in enumerate(article_folds(cfg.data.train_articles, args.folds, n_articles), start=1):
+        name = fold_dir(i, args.folds)
+        held_out_logits(cfg, Path(args.base), fit, held, out / "calibrate" / name / "dev_logits.npz", work / name)
+        log.info("fold %s (held out %s) after %.0f s", name, held, time.monotonic() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/korquad-e5-small.toml")
+    ap.add_argument("--trials", default="configs/sweep-korquad.toml")
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--data", required=True, help="SQuAD JSON holding the training articles")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default="runs/gpu-work")
+    ap.add_argument("--budget-s", type=float, default=300, help="sweep budget; the final run comes after")
+    ap.add_argument("--final-epochs", type=float, default=None, help="override the chosen recipe's epochs")
+    ap.add_argument("--smoke", action="store_true", help="tiny steps and examples: check the plumbing on a CPU")
+    ap.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True, help="else the config's [train]")
+    ap.add_argument("--final", action=argparse.BooleanOptionalAction, default=True, help="train, pack the final model")
+    ap.add_argument("--folds", type=int, default=0, help="also the out-of-fold calibration models' logits")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a build config override")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+
+    overrides = [f'data.file="{args.data}"', *args.set]
+    if args.smoke:
+        overrides += ["train.max_steps=2", "train.max_examples=24"]
+    cfg = load_build_config(Path(args.config), overrides)
+    trial, recipe = "the config's [train]", {}
+    if args.sweep:
+        trial, recipe = sweep_and_dev_logits(cfg, args, out, work, t0)
+    if args.folds:
+        fold_logits(cfg.model_copy(update={"train": cfg.train.model_copy(update=recipe)}), args, out, work, t0)
+    if not args.final:
+        return 0
 
     from model_export.train import train
 
-    recipe = dict(best["overrides"])
     if args.final_epochs:
         recipe["epochs"] = args.final_epochs
     final = train(trial_config(cfg, args.base, work / "final", cfg.data.train_articles, None, recipe))
     (out / "final.json").write_text(
         json.dumps(
-            {"trial": best["name"], "overrides": recipe, "training": json.loads((final / "training.json").read_text())},
+            {
+                "trial": trial,
+                "overrides": recipe,
+                "training": json.loads((final / "training.json").read_text()),
+            },
             indent=1,
         )
     )

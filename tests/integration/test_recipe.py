@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -107,12 +108,50 @@ def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(tiny_bundle: Pat
     w = WindowSettings(m.max_seq_length, m.doc_stride, m.max_query_length)
     dev = load_examples(str(KORQUAD_DEV), "100:102")
     logits = write_dev_logits(hf, dev, w, tmp_path / "dev_logits.npz")
-    record, own = fit_from_logits(logits, str(KORQUAD_DEV), "100:102", load_tokenizer(str(hf)), w, ())
+    record, own = fit_from_logits([(logits, "100:102")], str(KORQUAD_DEV), load_tokenizer(str(hf)), w, ())
     assert len(own) == len(dev) and record["n_cross_article"] == len(dev)
     assert 0 <= record["answered_share"] <= 1 and len(record["score_calibration"]) == 2
+    assert record["fitted_on"].endswith("articles 100:102") and record["fit_models"] == 1
     with pytest.raises(ValueError, match="not those of"):
-        fit_from_logits(logits, str(KORQUAD_DEV), "101:103", load_tokenizer(str(hf)), w, ())
+        fit_from_logits([(logits, "101:103")], str(KORQUAD_DEV), load_tokenizer(str(hf)), w, ())
     result = measure_bundle(tiny_bundle, str(KORQUAD_DEV), "120:122", tmp_path / "test")
     assert result["n_answerable"] == result["n_cross_article"] > 0
     assert (tmp_path / "test" / "reliability_test.png").stat().st_size > 0
     assert json.loads((tmp_path / "test" / "calibration_test.json").read_text())["ece_before"] >= 0
+
+
+def test_out_of_fold_calibration_scores_every_training_question_with_a_model_that_never_saw_it(
+    tiny_bundle: Path, tmp_path: Path
+):
+    """calibrate.folds = 3: three fold models, each trained without one block of articles and run on it."""
+    from model_export.pipeline import calibrate_stage
+
+    hf = tiny_bundle.parent / "hf"
+    cfg = load_build_config(
+        TINY_CONFIG,
+        [
+            f'data.file="{KORQUAD_DEV}"',
+            f'work_dir="{tmp_path / "work"}"',
+            'data.train_articles="0:6"',
+            "calibrate.enabled=true",
+            "calibrate.folds=3",
+            "train.max_steps=1",
+        ],
+    )
+    record = calibrate_stage(cfg, hf, hf, ())
+    training = load_examples(str(KORQUAD_DEV), "0:6")
+    assert record["n_answerable"] == record["n_cross_article"] == len(training)
+    assert record["fit_models"] == 3 and record["fitted_on"].endswith("articles 0:2 + 2:4 + 4:6")
+    seen: list[str] = []
+    for i, (fit, held) in enumerate([("2:6", "0:2"), ("0:2,4:6", "2:4"), ("0:4", "4:6")], start=1):
+        fold = tmp_path / "work" / "calibrate" / f"fold-{i}-of-3"
+        assert json.loads((fold / "train" / "final" / "training.json").read_text())["config"]["train_articles"] == fit
+        with np.load(fold / "dev_logits.npz") as z:
+            ids = [str(x) for x in z["own/ids"]]
+        assert ids == [e.id for e in load_examples(str(KORQUAD_DEV), held)]
+        seen += ids
+        shutil.rmtree(fold / "train")  # the logits are what a rerun reuses
+    assert sorted(seen) == sorted(e.id for e in training)
+    assert calibrate_stage(cfg, hf, hf, ()) == record
+    with pytest.raises(ValueError, match="at least two articles"):
+        calibrate_stage(cfg.model_copy(update={"calibrate": cfg.calibrate.model_copy(update={"folds": 4})}), hf, hf, ())

@@ -77,6 +77,15 @@ def test_shipping_a_variant_that_is_not_built_is_rejected() -> None:
         parse_build_config(cfg)
 
 
+def test_calibration_folds_are_none_or_several() -> None:
+    cfg = raw()
+    cfg.setdefault("calibrate", {})["folds"] = 1
+    with pytest.raises(ConfigError, match=r"calibrate\.folds is 0"):
+        parse_build_config(cfg)
+    cfg["calibrate"]["folds"] = 4
+    assert parse_build_config(cfg).calibrate.folds == 4
+
+
 def test_hf_base_needs_a_path() -> None:
     cfg = raw()
     del cfg["base"]["path"]

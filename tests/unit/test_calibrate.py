@@ -7,7 +7,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.engine.spans import calibrated
-from model_export.calibrate import Outcome, auroc, ece, fit_null_threshold, fit_platt, measure, top_share
+from model_export.calibrate import (
+    Outcome,
+    auroc,
+    ece,
+    ece_floor,
+    fit_null_threshold,
+    fit_platt,
+    measure,
+    top_share,
+)
 
 
 def outcome(share_logit: float, null_margin: float, exact: float) -> Outcome:
@@ -40,6 +49,17 @@ def test_ece_of_perfect_and_of_overconfident_scores():
     scores = np.array([0.95] * 100 + [0.25] * 100)
     assert ece(scores, np.array([1] * 95 + [0] * 5 + [1] * 25 + [0] * 75)) < 1e-9
     assert abs(ece(np.full(100, 0.9), np.array([1] * 50 + [0] * 50)) - 0.4) < 1e-9
+
+
+def test_ece_floor_is_what_perfect_scores_show_and_shrinks_with_more_questions():
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(0.2, 0.95, 4000)
+    measured = [ece(scores[:n], (rng.random(n) < scores[:n]).astype(float)) for n in (250, 4000)]
+    small, large = ece_floor(scores[:250]), ece_floor(scores)
+    assert large["mean"] < small["mean"] / 2 and small["mean"] < small["p90"]
+    # perfectly calibrated outcomes land near the floor; 0.1 too confident lands far above it
+    assert measured[1] < large["p90"] * 1.5
+    assert ece(scores, (rng.random(4000) < scores - 0.1).astype(float)) > 3 * large["p90"]
 
 
 def test_auroc_bounds_and_ties():
