@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from app.engine.batcher import Batcher
+from app.engine.batcher import Batcher, CostModel
 from app.engine.errors import DeadlineExceeded, InferenceFailed, InputTooLarge, Overloaded, ShuttingDown
 
 
@@ -189,6 +189,22 @@ async def test_requests_that_cannot_meet_their_deadline_are_refused_or_dropped()
         await first
     assert infer.batches == []
     await b.stop()
+
+
+def test_idle_bound_forgets_a_fast_warmup_once_batches_are_served_and_keeps_their_best_stretch():
+    cost = CostModel(alpha=0.2, settle=10)
+    cost.observe(0.5, 10)  # the warm-up: 0.05 s per token, faster than serving will be
+    assert cost.idle_seconds(100) == pytest.approx(5.0)
+    for _ in range(10):
+        cost.observe(1.0, 10)  # served: 0.1 s per token
+    settled = cost.idle_seconds(100)
+    assert 9.0 < settled <= 10.0  # the warm-up's weight has faded, and the bound starts from there
+    cost.observe(0.2, 10)  # one lucky batch at 0.02 s per token lowers it by the average's share only
+    lucky = cost.idle_seconds(100)
+    assert 0.8 * settled < lucky < settled
+    for _ in range(30):
+        cost.observe(3.0, 10)  # a busy spell does not raise it
+    assert cost.idle_seconds(100) == pytest.approx(lucky)
 
 
 async def test_batch_stops_growing_at_the_time_budget():
