@@ -395,7 +395,8 @@ def _calibrate_command(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "calibrate", help="fit score calibration and the null threshold on a dev slice, or measure a bundle's"
+        "calibrate",
+        help="fit score calibration and the null threshold on held-out articles, or measure a bundle's",
     )
     p.add_argument(
         "--logits",

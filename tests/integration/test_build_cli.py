@@ -31,7 +31,20 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    "verb", ["import-base", "train", "evaluate", "score", "export", "quantize", "validate", "build", "bundle"]
+    "verb",
+    [
+        "import-base",
+        "train",
+        "evaluate",
+        "score",
+        "sweep",
+        "calibrate",
+        "export",
+        "quantize",
+        "validate",
+        "build",
+        "bundle",
+    ],
 )
 def test_every_verb_has_help(verb: str) -> None:
     r = run_cli(verb, "--help")
