@@ -184,32 +184,35 @@ def calibrate_stage(cfg: BuildConfig, base_dir: Path, model_dir: Path, trim: Seq
     """Platt calibration and the null threshold from same-recipe models, each scoring only articles it never
     saw: one model without the dev slice, or one per fold (`calibrate.folds`)."""
     from model_export.calibrate import fit_from_logits
-    from model_export.data import article_folds, parse_articles
     from model_export.train import load_tokenizer
 
     c = cfg.calibrate
     work = Path(cfg.work_dir) / "calibrate"
     if c.folds:
-        n_articles = len(json.loads(Path(cfg.data.file).read_text(encoding="utf-8"))["data"])
-        splits = article_folds(cfg.data.train_articles, c.folds, n_articles)
-        if any(len(parse_articles(held, n_articles)) < 2 for _, held in splits):
-            # before any training: each block needs cross-article pairs for the null threshold
-            raise ValueError(f"calibrate.folds = {c.folds}: every fold must hold out at least two articles")
-        dirs = [work / fold_dir(i, c.folds) for i in range(1, c.folds + 1)]
+        splits = [
+            (fit, dev, work / name) for fit, dev, name in fold_splits(cfg.data.file, cfg.data.train_articles, c.folds)
+        ]
     else:
-        splits, dirs = [(c.fit_articles, c.dev_articles)], [work]
+        splits = [(c.fit_articles, c.dev_articles, work)]
     parts = [
-        (held_out_logits(cfg, base_dir, fit, dev, d / "dev_logits.npz", d / "train"), dev)
-        for (fit, dev), d in zip(splits, dirs, strict=True)
+        (held_out_logits(cfg, base_dir, fit, dev, d / "dev_logits.npz", d / "train"), dev) for fit, dev, d in splits
     ]
     record, _ = fit_from_logits(parts, cfg.data.file, load_tokenizer(str(model_dir)), cfg.windows, trim)
     log.info("calibration: %s", record)
     return record
 
 
-def fold_dir(i: int, folds: int) -> str:
-    """Where fold i's model and logits live under work_dir/calibrate (the GPU script returns the same layout)."""
-    return f"fold-{i}-of-{folds}"
+def fold_splits(data_file: str, train_articles: str, folds: int) -> list[tuple[str, str, str]]:
+    """(fit articles, held-out articles, dir name under work_dir/calibrate) of each calibration fold; the GPU
+    script trains the same folds and returns the same layout."""
+    from model_export.data import article_folds, parse_articles
+
+    n_articles = len(json.loads(Path(data_file).read_text(encoding="utf-8"))["data"])
+    splits = article_folds(train_articles, folds, n_articles)
+    if any(len(parse_articles(held, n_articles)) < 2 for _, held in splits):
+        # before any training: each block needs cross-article pairs for the null threshold
+        raise ValueError(f"calibrate.folds = {folds}: every fold must hold out at least two articles")
+    return [(fit, held, f"fold-{i}-of-{folds}") for i, (fit, held) in enumerate(splits, start=1)]
 
 
 def held_out_logits(

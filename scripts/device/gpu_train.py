@@ -129,12 +129,9 @@ def sweep_and_dev_logits(
 
 def fold_logits(cfg: BuildConfig, args: argparse.Namespace, out: Path, work: Path, t0: float) -> None:
     """The build's out-of-fold calibration models, trained here; only their logits go back."""
-    from model_export.data import article_folds
-    from model_export.pipeline import fold_dir, held_out_logits
+    from model_export.pipeline import fold_splits, held_out_logits
 
-    n_articles = len(json.loads(Path(args.data).read_text(encoding="utf-8"))["data"])
-    for i, (fit, held) in enumerate(article_folds(cfg.data.train_articles, args.folds, n_articles), start=1):
-        name = fold_dir(i, args.folds)
+    for fit, held, name in fold_splits(args.data, cfg.data.train_articles, args.folds):
         held_out_logits(cfg, Path(args.base), fit, held, out / "calibrate" / name / "dev_logits.npz", work / name)
         log.info("fold %s (held out %s) after %.0f s", name, held, time.monotonic() - t0)
 
