@@ -8,6 +8,7 @@ import pytest
 
 from app.engine.bundle import BundleError
 from app.engine.hardware import cpu_flags, pick_runtime, pick_variant
+from model_export.train import auto_precision
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
 SAPPHIRE_RAPIDS = ZEN4 | {"amx_int8", "amx_bf16", "amx_tile"}
@@ -70,3 +71,20 @@ def test_runtime_override_is_obeyed_or_refused_with_the_reason() -> None:
         pick_runtime("onnxruntime", "openvino", False, None)
     with pytest.raises(BundleError, match="CPU only"):
         pick_runtime("onnxruntime", "openvino", True, "2026.4.1")
+
+
+@pytest.mark.parametrize(
+    ("on_cuda", "cuda_bf16", "flags", "want"),
+    [
+        (False, False, ZEN4, "bf16"),  # AVX512-BF16
+        (False, False, SAPPHIRE_RAPIDS, "bf16"),  # AMX
+        (False, False, HASWELL, "fp32"),  # bf16 would be emulated, slower than fp32
+        (False, False, GRAVITON3, "fp32"),  # not measured on Arm: the exact choice
+        (True, True, HASWELL, "bf16"),  # the GPU decides, not the host CPU
+        (True, False, SAPPHIRE_RAPIDS, "fp32"),
+    ],
+)
+def test_training_autocasts_to_bf16_only_where_the_device_multiplies_it(
+    on_cuda: bool, cuda_bf16: bool, flags: frozenset[str], want: str
+) -> None:
+    assert auto_precision(on_cuda, cuda_bf16, flags) == want
