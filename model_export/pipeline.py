@@ -371,7 +371,7 @@ def set_scores(bundle_dir: Path, scores: Sequence[Score | dict[str, Any]]) -> Ma
 
 
 def build(cfg: BuildConfig, command: str) -> Path:
-    """import -> train -> prune -> export -> quantize -> validate -> evaluate each variant -> bundle."""
+    """import -> train -> prune -> calibrate -> export -> quantize -> validate -> evaluate each variant -> bundle."""
     from model_export.export import load_qa_model
     from model_export.train import load_tokenizer
 
@@ -391,6 +391,9 @@ def build(cfg: BuildConfig, command: str) -> Path:
     if cfg.prune.enabled:
         model_dir, prune_report = prune_stage(cfg, model_dir, train_examples)
     trim = trim_suffix_stage(cfg, model_dir, train_examples)
+    # the calibration models are the other long training runs: they come before the minutes of export and
+    # quantization, so that a build interrupted across sittings resumes training without redoing those first
+    calibration = calibrate_stage(cfg, base_dir, model_dir, trim) if cfg.calibrate.enabled else None
 
     onnx_dir = work / "onnx"
     model = load_qa_model(model_dir)
@@ -437,8 +440,7 @@ def build(cfg: BuildConfig, command: str) -> Path:
         "vocabulary_pruning": prune_report,
         "int8_method": int8_description(exp),
     }
-    if cfg.calibrate.enabled:
-        calibration = calibrate_stage(cfg, base_dir, model_dir, trim)
+    if calibration is not None:
         manifest_extra |= {
             "score_calibration": calibration["score_calibration"],
             "null_threshold": calibration["null_threshold"],

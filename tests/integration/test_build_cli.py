@@ -93,9 +93,14 @@ def test_build_tiny_smoke_end_to_end(tmp_path: Path) -> None:
         f"base.path={base}",
         "--set",
         f"data.file={KORQUAD_DEV}",
+        "--set",
+        "calibrate.enabled=true",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().endswith(str(bundle))
+    # the calibration model trains before export, so an interrupted build resumes training first
+    log = r.stderr
+    assert log.index("model_export.pipeline INFO calibration: ") < log.index("model_export.export INFO ")
 
     m = verify_bundle(bundle)
     assert m.variants == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
@@ -108,6 +113,9 @@ def test_build_tiny_smoke_end_to_end(tmp_path: Path) -> None:
     assert m.validation["variants"]["fp16"]["structure"]["inputs"] == m.input_names  # type: ignore[index]
     assert {s["variant"] for s in m.model_extra["unshipped_scores"]} == {"fp16"}  # type: ignore[index]
     assert m.model_extra["int8_method"] == "weight-only"  # type: ignore[index]
+    cal = m.calibration
+    assert "100:112" in str(cal["fitted_on"]) and cal["fit_models"] == 1
+    assert (list(m.score_calibration), m.null_threshold) == (cal["score_calibration"], cal["null_threshold"])
 
     # the service loads what the build wrote, as it is, and answers from it
     from fastapi.testclient import TestClient
