@@ -240,6 +240,8 @@ def train(cfg: TrainConfig) -> Path:
         json.dumps(
             {
                 "config": asdict(cfg),
+                "precision": precision,  # what "auto" resolved to on this device
+                "device": device.type,
                 "steps": step,
                 "windows": len(features),
                 "examples": len(examples),

@@ -90,6 +90,7 @@ def test_sweep_scores_every_trial_on_the_dev_slice_and_distills(tiny_bundle: Pat
     record = json.loads((tmp_path / "sweep" / "S" / "final" / "training.json").read_text())
     assert record["config"]["teachers"] == [str(tmp_path / "sweep" / n / "final") for n in ("T1", "T2")]
     assert record["config"]["eval_articles"] == "100:101" and record["dev"]
+    assert (record["precision"], record["device"]) == ("fp32", "cpu")  # as resolved, next to the config's ask
     assert best_trial(results)["name"] != "E: both"  # an ensemble is a measurement, not a recipe
     assert "| S: student |" in results_table(results)
     lines = (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()
