@@ -100,7 +100,11 @@ def write_dev_logits(model_dir: Path, examples: Sequence[Example], w: Any, path:
     save_logits(tmp / "own.npz", examples, checkpoint_logits(model_dir, examples, w))
     save_logits(tmp / "cross.npz", cross, checkpoint_logits(model_dir, cross, w))
     with np.load(tmp / "own.npz") as own, np.load(tmp / "cross.npz") as neg:
-        np.savez(path, **{f"own/{k}": own[k] for k in own.files}, **{f"cross/{k}": neg[k] for k in neg.files})
+        both = {f"own/{k}": own[k] for k in own.files} | {f"cross/{k}": neg[k] for k in neg.files}
+        np.savez(tmp / "both.npz", **both)
+    # the build reuses any file at `path`, so one cut short (a build stopped at the end of a sitting) must not
+    # appear there: the rename is atomic
+    (tmp / "both.npz").replace(path)
     shutil.rmtree(tmp)
     return path
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,6 +20,7 @@ from model_export.calibrate import (
     measure,
     top_share,
 )
+from model_export.data import Example
 
 
 def outcome(share_logit: float, null_margin: float, exact: float) -> Outcome:
@@ -77,3 +81,30 @@ def test_null_threshold_sits_between_separable_sets_and_measures_follow():
     assert m["answered_share"] == 1.0 and m["cross_article_abstain_share"] == 1.0
     assert m["auroc_null_margin"] == 1.0
     assert m["em_f1_with_abstention"] == m["em_f1_no_abstention"]
+
+
+def test_dev_logits_appear_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build reuses a dev_logits.npz it finds; a write cut short must leave none behind."""
+    import model_export.calibrate as cal
+
+    examples = [Example(f"q{i}", f"article {i}", "질문?", f"문단 {i}. 하나.", (("하나", 6),)) for i in range(3)]
+    monkeypatch.setattr(cal, "checkpoint_logits", lambda _m, ex, _w: [[(np.zeros(5), np.ones(5))] for _ in ex])
+    path = tmp_path / "calibrate" / "dev_logits.npz"
+    real_savez = np.savez
+
+    def cut_short(file: Path, **arrays: np.ndarray) -> None:
+        if Path(file).name not in ("own.npz", "cross.npz"):  # the write of the whole file
+            Path(file).write_bytes(b"PK\x03\x04 half a zip")
+            raise KeyboardInterrupt  # what the end of a sitting looks like
+        real_savez(file, **arrays)
+
+    monkeypatch.setattr(cal.np, "savez", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        cal.write_dev_logits(Path("model"), examples, None, path)
+    assert not path.exists()
+
+    monkeypatch.setattr(cal.np, "savez", real_savez)
+    assert cal.write_dev_logits(Path("model"), examples, None, path) == path
+    with np.load(path) as z:
+        assert [str(i) for i in z["own/ids"]] == ["q0", "q1", "q2"] and len(z["cross/ids"]) == 3
+    assert sorted(p.name for p in path.parent.iterdir()) == ["dev_logits.npz"]  # no parts left behind
