@@ -90,8 +90,9 @@ def length_grouped_batches(features: list[Feature], batch_size: int, rng: random
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return ckpts[-1] if ckpts else None
+    """The newest whole checkpoint: a save cut short leaves its directory without state.pt."""
+    ckpts = sorted(out.glob("checkpoint-*/state.pt"), key=lambda p: int(p.parent.name.split("-")[1]))
+    return ckpts[-1].parent if ckpts else None
 
 
 def load_tokenizer(model_dir: str):  # noqa: ANN201 - tokenizers.Tokenizer
@@ -230,13 +231,15 @@ def train(cfg: TrainConfig) -> Path:
     if dev and (not history or history[-1]["step"] != step):  # a run cut short by max_steps is scored too
         history.append({"epoch": epoch, "step": step, **dev_scores(model, tokenizer, dev, cfg, device)})
 
-    final = out / "final"
-    model.save_pretrained(final)
+    # written beside final/ and renamed: the build reuses a final/ it finds, so a cut-short one must not exist
+    final, staging = out / "final", out / "final.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
     # all of them: transformers reads special tokens and casing from the config files, not tokenizer.json alone
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (Path(cfg.base_model) / name).is_file():
-            shutil.copy(Path(cfg.base_model) / name, final / name)
-    (final / "training.json").write_text(
+            shutil.copy(Path(cfg.base_model) / name, staging / name)
+    (staging / "training.json").write_text(
         json.dumps(
             {
                 "config": asdict(cfg),
@@ -252,6 +255,8 @@ def train(cfg: TrainConfig) -> Path:
             indent=2,
         )
     )
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
     log.info("saved %s", final)
     return final
 

@@ -37,11 +37,17 @@ def config(base: Path, out: Path) -> TrainConfig:
 def test_resume_matches_uninterrupted_run(tiny_bundle: Path, tmp_path: Path):
     base = tiny_bundle.parent / "hf"
     straight = train(config(base, tmp_path / "straight"))
-    # an interrupted run: only the step-2 checkpoint survived
+    # an interrupted run: stopped while saving checkpoint-4 (its file half written), after step 2's
     interrupted = tmp_path / "interrupted"
     shutil.copytree(tmp_path / "straight", interrupted)
     shutil.rmtree(interrupted / "final")
-    shutil.rmtree(interrupted / "checkpoint-4")
+    cut = interrupted / "checkpoint-4"
+    (cut / "state.pt").rename(cut / "state.pt.tmp")
+    with (cut / "state.pt.tmp").open("r+b") as f:
+        f.truncate(1000)
+    # and a final model cut short by an earlier stop: never reused, replaced
+    (interrupted / "final.partial").mkdir()
+    (interrupted / "final.partial" / "config.json").write_text("{")
     # resume from a perturbed base: only a run that really restores checkpoint-2 can match `straight`
     other = tmp_path / "other-base"
     shutil.copytree(base, other)
@@ -49,6 +55,7 @@ def test_resume_matches_uninterrupted_run(tiny_bundle: Path, tmp_path: Path):
     weights = {k: v + 0.01 for k, v in weights.items()}
     save_file(weights, str(other / "model.safetensors"), metadata={"format": "pt"})
     resumed = train(config(other, interrupted))
+    assert sorted(p.name for p in interrupted.iterdir() if not p.name.startswith("checkpoint-")) == ["final"]
     a = load_file(str(straight / "model.safetensors"))
     b = load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys()
