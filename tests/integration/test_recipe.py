@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import model_export.train
 from model_export.config import load_build_config
 from model_export.data import cross_article_pairs, load_examples, negative_examples
 from model_export.sweep import best_trial, results_table, run_sweep
@@ -122,7 +123,7 @@ def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(tiny_bundle: Pat
 
 
 def test_out_of_fold_calibration_scores_every_training_question_with_a_model_that_never_saw_it(
-    tiny_bundle: Path, tmp_path: Path
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """calibrate.folds = 3: three fold models, each trained without one block of articles and run on it."""
     from model_export.pipeline import calibrate_stage
@@ -151,8 +152,16 @@ def test_out_of_fold_calibration_scores_every_training_question_with_a_model_tha
             ids = [str(x) for x in z["own/ids"]]
         assert ids == [e.id for e in load_examples(str(KORQUAD_DEV), held)]
         seen += ids
-        shutil.rmtree(fold / "train")  # the logits are what a rerun reuses
+        if i == 1:  # stopped after its training, before its logits: the finished model is reused
+            (fold / "dev_logits.npz").unlink()
+        else:  # the logits are what a rerun reuses
+            shutil.rmtree(fold / "train")
     assert sorted(seen) == sorted(e.id for e in training)
+
+    def no_training(_cfg: object) -> Path:
+        raise AssertionError("a rerun trained again")
+
+    monkeypatch.setattr(model_export.train, "train", no_training)
     assert calibrate_stage(cfg, hf, hf, ()) == record
     with pytest.raises(ValueError, match="at least two articles"):
         calibrate_stage(cfg.model_copy(update={"calibrate": cfg.calibrate.model_copy(update={"folds": 4})}), hf, hf, ())
