@@ -59,6 +59,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
             continue
         tp = _scalar_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
+        if f.default_factory is not dataclasses.MISSING:  # a list field (teachers): several values, none by default
+            p.add_argument(flag, nargs="*", type=get_args(tp)[0], default=f.default_factory(), help="default: none")
+            continue
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f"default {f.default}")
@@ -369,7 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args))
+    from model_export.train import TrainingStopped
+
+    try:
+        return int(args.func(args))
+    except TrainingStopped as e:  # train, sweep and build: a checkpoint was saved, the same command resumes
+        log.warning("%s", e)
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ import logging
 import math
 import random
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,6 +72,41 @@ def auto_precision(on_cuda: bool, cuda_bf16: bool, flags: frozenset[str]) -> str
     return "bf16" if flags & CPU_BF16 else "fp32"
 
 
+class TrainingStopped(Exception):
+    """A signal stopped training after a step, with a checkpoint saved: the same command resumes from it."""
+
+    def __init__(self, signum: int, step: int, output_dir: Path) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: stopped at step {step} with a checkpoint in {output_dir}; rerun to resume")
+        self.exit_code = 128 + signum  # what a shell reports for a process the signal ended
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """SIGTERM and SIGINT ask training to stop once the current step is done and saved (a job's grace period,
+    the end of a sitting); a second signal interrupts at once. The yielded list holds the signals received.
+    Only the main thread can take signals, so elsewhere this changes nothing."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, _frame: object) -> None:
+        if got:
+            raise KeyboardInterrupt
+        got.append(signum)
+        log.warning("%s: stopping after this step, with a checkpoint", signal.Signals(signum).name)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield got
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def set_seed(seed: int) -> None:
     import torch
 
@@ -105,7 +144,13 @@ def load_tokenizer(model_dir: str):  # noqa: ANN201 - tokenizers.Tokenizer
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) fine-tuning; returns the directory of the final model."""
+    """Run (or resume) fine-tuning; returns the directory of the final model. SIGTERM or SIGINT stops it after
+    the step in progress, with a checkpoint, by raising TrainingStopped."""
+    with stop_on_signals() as stop:
+        return _train(cfg, stop)
+
+
+def _train(cfg: TrainConfig, stop: list[int]) -> Path:
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForQuestionAnswering, get_linear_schedule_with_warmup
@@ -219,8 +264,10 @@ def train(cfg: TrainConfig) -> Path:
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{sched.get_last_lr()[0]:.2e}", epoch=epoch)
-            if step % cfg.save_every == 0:
+            if step % cfg.save_every == 0 or stop:
                 save_checkpoint()
+            if stop:
+                raise TrainingStopped(stop[0], step, out)
         if batch_in_epoch >= len(batches):
             epoch, batch_in_epoch = epoch + 1, 0
             if dev:

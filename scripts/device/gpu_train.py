@@ -192,4 +192,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from model_export.train import TrainingStopped
+
+    try:
+        raise SystemExit(main())
+    except TrainingStopped as e:  # checkpoint saved: the same command resumes
+        log.warning("%s", e)
+        raise SystemExit(e.exit_code) from None

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +16,8 @@ from safetensors.numpy import load_file, save_file
 
 from model_export.train import TrainConfig, train
 from tests.support.tiny_model import KORQUAD_DEV
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def config(base: Path, out: Path) -> TrainConfig:
@@ -63,3 +70,37 @@ def test_resume_matches_uninterrupted_run(tiny_bundle: Path, tmp_path: Path):
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
     first = load_file(str(base / "model.safetensors"))
     assert not np.allclose(first["qa_outputs.weight"], a["qa_outputs.weight"])  # it did train
+
+
+@pytest.mark.skipif(not KORQUAD_DEV.is_file(), reason="KorQuAD dev set not found")
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A job's grace period or the end of a sitting: SIGTERM costs at most the step in progress."""
+    out = tmp_path / "run"
+
+    def command(max_steps: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "model_export", "train", "--base-model", str(tiny_bundle.parent / "hf")),
+            *("--train-file", str(KORQUAD_DEV), "--output-dir", str(out), "--max-seq-length", "128"),
+            *("--doc-stride", "32", "--max-query-length", "32", "--max-examples", "24", "--batch-size", "4"),
+            *("--save-every", "100000", "--threads", "1", "--precision", "fp32", "--max-steps", str(max_steps)),
+        ]
+
+    log = tmp_path / "train.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen(command(100000), cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)
+    deadline = time.monotonic() + 120
+    while "windows" not in log.read_text():  # past the setup: the loop and its handlers are next
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-2000:]
+    assert "rerun to resume" in log.read_text()
+    saved = [p for p in out.glob("checkpoint-*") if (p / "state.pt").is_file()]
+    assert len(saved) == 1 and not (out / "final").exists()  # save_every was never reached: the signal saved it
+    step = int(saved[0].name.split("-")[1])
+    assert 0 < step < 100000
+
+    r = subprocess.run(command(step + 2), cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resumed from {saved[0]} at step {step}" in r.stderr
+    assert json.loads((out / "final" / "training.json").read_text())["steps"] == step + 2
