@@ -122,17 +122,28 @@ def score_files(
     dataset_path: str | Path, predictions_path: str | Path, metric: Metric, articles: str | None = None
 ) -> dict[str, float]:
     """Score a `{id: text}` predictions file against a SQuAD-format dataset file (all articles by default)."""
+    return score(*_load(dataset_path, predictions_path, articles), metric)
+
+
+def _load(
+    dataset_path: str | Path, predictions_path: str | Path, articles: str | None
+) -> tuple[list[tuple[str, list[str]]], dict[str, str]]:
     data = json.loads(Path(dataset_path).read_text(encoding="utf-8"))["data"]
-    predictions = json.loads(Path(predictions_path).read_text(encoding="utf-8"))
-    return score(dataset_questions(data, articles), predictions, metric)
+    return dataset_questions(data, articles), json.loads(Path(predictions_path).read_text(encoding="utf-8"))
 
 
 def _score_command(args: argparse.Namespace) -> int:
     try:
-        result = score_files(args.dataset, args.predictions, args.metric, args.articles)
+        questions, predictions = _load(args.dataset, args.predictions, args.articles)
+        result = score(questions, predictions, args.metric)
     except (OSError, ValueError, KeyError) as e:
         print(f"score: {e}", file=sys.stderr)
         return 1
+    missing = sum(qid not in predictions for qid, _ in questions)
+    if missing:
+        # the official scripts warn too: a file scored against the wrong split would otherwise look like a bad model
+        hint = "" if args.articles else "; --articles selects the articles your predictions cover"
+        print(f"score: {missing} of {len(questions)} questions have no prediction and score 0{hint}", file=sys.stderr)
     print(json.dumps(result))
     return 0
 

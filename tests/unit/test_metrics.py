@@ -185,3 +185,20 @@ def test_cli_reports_a_missing_file(tmp_path, capsys):
     args = parser.parse_args(["score", str(tmp_path / "nope.json"), str(tmp_path / "p.json"), "--metric", "korquad"])
     assert args.func(args) == 1
     assert "nope.json" in capsys.readouterr().err
+
+
+def test_cli_warns_when_questions_have_no_prediction(tmp_path, capsys):
+    """Predictions for one split scored against the whole file: 0 for the rest, as officially, but said aloud."""
+    data, preds = _dataset(tmp_path)
+    preds.write_text(json.dumps({"q3": "nervous breakdown"}), encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    metrics.register_cli(parser.add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(["score", str(data), str(preds), "--metric", "squad"])
+    assert args.func(args) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["exact_match"] == pytest.approx(100 / 3)
+    assert "2 of 3 questions have no prediction and score 0" in out.err and "--articles" in out.err
+    args = parser.parse_args(["score", str(data), str(preds), "--metric", "squad", "--articles", "1:2"])
+    assert args.func(args) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["exact_match"] == 100.0 and out.err == ""
