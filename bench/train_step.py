@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from app.engine.windows import pad_batch, pad_token_id  # noqa: E402
 from model_export.data import load_examples, training_features  # noqa: E402
-from model_export.train import TrainConfig, length_grouped_batches, load_tokenizer, param_groups  # noqa: E402
+from model_export.train import TrainConfig, length_grouped_batches, load_tokenizer, make_optimizer  # noqa: E402
 
 EPOCH_WINDOWS = 7910
 DATA = REPO.parent / "shared" / "data" / "korquad" / "KorQuAD_v1.0_dev.json"
@@ -54,7 +54,7 @@ def main() -> None:
     for mode in args.modes:
         torch.manual_seed(0)
         model = AutoModelForQuestionAnswering.from_pretrained(args.base).train()
-        optim = torch.optim.AdamW(param_groups(model, cfg), lr=1e-4)
+        optim = make_optimizer(model, cfg)
         runner = torch.compile(model) if mode == "compile" else model
         batches = plain if mode == "padded" else grouped
         bf16 = mode in ("bf16", "compile")

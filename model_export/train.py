@@ -186,7 +186,7 @@ def _train(cfg: TrainConfig, stop: list[int]) -> Path:
         # 250k x 384 embeddings dominate the parameter count; freezing them keeps AdamW cheap on CPU
         # and keeps rows for pieces unseen in the small training set exactly as pretrained.
         model.base_model.embeddings.word_embeddings.weight.requires_grad_(False)
-    optim = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate)
+    optim = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(math.ceil(len(features) / cfg.batch_size) / cfg.grad_accum)
     total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
     sched = get_linear_schedule_with_warmup(optim, int(total * cfg.warmup_ratio), total)
@@ -330,6 +330,18 @@ def distill_loss(outputs, teachers: list, inputs: dict, temperature: float):  # 
             reduction="batchmean",
         )
     return loss / 2 * temperature**2
+
+
+def make_optimizer(model, cfg: TrainConfig):  # noqa: ANN001, ANN201 - torch
+    """AdamW over param_groups, fused into one kernel per tensor where torch has one (CPU and CUDA).
+
+    The unfused update makes several passes over each tensor: on 2 CPU cores the 250k x 384 embedding's update
+    took 0.75 s a step unfused against 0.10 s fused (the whole step is 15-20 s).
+    """
+    import torch
+
+    device = next(model.parameters()).device.type
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, fused=device in ("cpu", "cuda"))
 
 
 def param_groups(model, cfg: TrainConfig) -> list[dict[str, object]]:  # noqa: ANN001 - a transformers model
