@@ -9,6 +9,8 @@ training articles, and prints seconds per step and the implied time for one epoc
   length-grouped    model_export.train's batches: sorted within mega-batches, padded to the longest (x32)
   + bf16 autocast   the same in bf16 autocast (AVX512-BF16 / AMX do the products)
   + torch.compile   the same with the model compiled
+  unfused AdamW     bf16 with torch's default (multi-pass) AdamW instead of the trainer's fused one
+The last column is the AdamW update's share of the step (its seconds).
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ sys.path.insert(0, str(REPO))
 
 from app.engine.windows import pad_batch, pad_token_id  # noqa: E402
 from model_export.data import load_examples, training_features  # noqa: E402
-from model_export.train import TrainConfig, length_grouped_batches, load_tokenizer, make_optimizer  # noqa: E402
+from model_export.train import (  # noqa: E402
+    TrainConfig,
+    length_grouped_batches,
+    load_tokenizer,
+    make_optimizer,
+    param_groups,
+)
 
 EPOCH_WINDOWS = 7910
 DATA = REPO.parent / "shared" / "data" / "korquad" / "KorQuAD_v1.0_dev.json"
@@ -40,7 +48,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--modes", nargs="*", default=["padded", "grouped", "bf16", "compile"])
+    ap.add_argument("--modes", nargs="*", default=["padded", "grouped", "bf16", "compile", "unfused"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tok = load_tokenizer(str(args.base))
@@ -50,15 +58,18 @@ def main() -> None:
     grouped = length_grouped_batches(feats, args.batch_size, random.Random(0))[: args.steps + 2]
     plain = [list(range(i, i + args.batch_size)) for i in range(0, n, args.batch_size)]
     cfg = TrainConfig("", "", "", freeze_word_embeddings=False)
-    print(f"{'mode':34s} {'s/step':>7s} {'windows/s':>10s} {'epoch (min)':>12s}", flush=True)
+    print(f"{'mode':36s} {'s/step':>7s} {'windows/s':>10s} {'epoch (min)':>12s} {'update (s)':>11s}", flush=True)
     for mode in args.modes:
         torch.manual_seed(0)
         model = AutoModelForQuestionAnswering.from_pretrained(args.base).train()
-        optim = make_optimizer(model, cfg)
+        if mode == "unfused":
+            optim = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate)
+        else:
+            optim = make_optimizer(model, cfg)
         runner = torch.compile(model) if mode == "compile" else model
         batches = plain if mode == "padded" else grouped
-        bf16 = mode in ("bf16", "compile")
-        times = []
+        bf16 = mode in ("bf16", "compile", "unfused")
+        times, updates = [], []
         for k, idx in enumerate(batches):
             fs = [feats[i % len(feats)] for i in idx]
             multiple = 384 if mode == "padded" else 32
@@ -69,16 +80,21 @@ def main() -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = runner(**inputs, start_positions=starts, end_positions=ends).loss
             loss.backward()
+            t1 = time.perf_counter()
             optim.step()
             optim.zero_grad(set_to_none=True)
             if k >= 2:
                 times.append(time.perf_counter() - t0)
+                updates.append(time.perf_counter() - t1)
         s = sum(times) / len(times)
+        u = sum(updates) / len(updates)
         wps = args.batch_size / s
-        label = {"padded": "padded to 384, fp32", "grouped": "length-grouped, fp32"}.get(
-            mode, f"length-grouped, {mode}"
-        )
-        print(f"{label:34s} {s:7.2f} {wps:10.1f} {EPOCH_WINDOWS / wps / 60:12.1f}", flush=True)
+        label = {
+            "padded": "padded to 384, fp32",
+            "grouped": "length-grouped, fp32",
+            "unfused": "length-grouped, bf16, unfused AdamW",
+        }.get(mode, f"length-grouped, {mode}")
+        print(f"{label:36s} {s:7.2f} {wps:10.1f} {EPOCH_WINDOWS / wps / 60:12.1f} {u:11.2f}", flush=True)
 
 
 if __name__ == "__main__":
