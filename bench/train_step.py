@@ -31,7 +31,6 @@ from model_export.train import (  # noqa: E402
     length_grouped_batches,
     load_tokenizer,
     make_optimizer,
-    param_groups,
 )
 
 EPOCH_WINDOWS = 7910
@@ -62,10 +61,7 @@ def main() -> None:
     for mode in args.modes:
         torch.manual_seed(0)
         model = AutoModelForQuestionAnswering.from_pretrained(args.base).train()
-        if mode == "unfused":
-            optim = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate)
-        else:
-            optim = make_optimizer(model, cfg)
+        optim = make_optimizer(model, cfg, fused=mode != "unfused")
         runner = torch.compile(model) if mode == "compile" else model
         batches = plain if mode == "padded" else grouped
         bf16 = mode in ("bf16", "compile", "unfused")

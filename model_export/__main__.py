@@ -62,7 +62,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         if f.default_factory is not dataclasses.MISSING:  # a list field (teachers): several values, none by default
             p.add_argument(flag, nargs="*", type=get_args(tp)[0], default=f.default_factory(), help="default: none")
             continue
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        required = f.default is dataclasses.MISSING
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f"default {f.default}")
         else:

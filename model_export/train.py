@@ -128,10 +128,15 @@ def length_grouped_batches(features: list[Feature], batch_size: int, rng: random
     return batches
 
 
+def _checkpoints(out: Path) -> list[Path]:
+    """checkpoint-N dirs, oldest first; a save cut short leaves its dir without state.pt."""
+    return sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
-    """The newest whole checkpoint: a save cut short leaves its directory without state.pt."""
-    ckpts = sorted(out.glob("checkpoint-*/state.pt"), key=lambda p: int(p.parent.name.split("-")[1]))
-    return ckpts[-1].parent if ckpts else None
+    """The newest whole checkpoint."""
+    whole = [d for d in _checkpoints(out) if (d / "state.pt").is_file()]
+    return whole[-1] if whole else None
 
 
 def load_tokenizer(model_dir: str):  # noqa: ANN201 - tokenizers.Tokenizer
@@ -225,7 +230,7 @@ def _train(cfg: TrainConfig, stop: list[int]) -> Path:
             d / "state.pt.tmp",
         )
         (d / "state.pt.tmp").rename(d / "state.pt")  # a checkpoint is whole or absent
-        for old in sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[: -cfg.keep_checkpoints]:
+        for old in _checkpoints(out)[: -cfg.keep_checkpoints]:
             shutil.rmtree(old)
 
     model.train()
@@ -332,8 +337,9 @@ def distill_loss(outputs, teachers: list, inputs: dict, temperature: float):  # 
     return loss / 2 * temperature**2
 
 
-def make_optimizer(model, cfg: TrainConfig):  # noqa: ANN001, ANN201 - torch
-    """AdamW over param_groups, fused into one kernel per tensor where torch has one (CPU and CUDA).
+def make_optimizer(model, cfg: TrainConfig, fused: bool = True):  # noqa: ANN001, ANN201 - torch
+    """AdamW over param_groups, fused into one kernel per tensor where torch has one (CPU and CUDA); `fused`
+    False is torch's default AdamW, for comparison (bench/train_step.py).
 
     The unfused update makes several passes over each tensor: on 2 CPU cores the 250k x 384 embedding's update
     took 0.75 s a step unfused against 0.10 s fused (the whole step is 15-20 s).
@@ -341,7 +347,8 @@ def make_optimizer(model, cfg: TrainConfig):  # noqa: ANN001, ANN201 - torch
     import torch
 
     device = next(model.parameters()).device.type
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, fused=device in ("cpu", "cuda"))
+    fused = fused and device in ("cpu", "cuda")
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, fused=fused)
 
 
 def param_groups(model, cfg: TrainConfig) -> list[dict[str, object]]:  # noqa: ANN001 - a transformers model
