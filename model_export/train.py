@@ -133,10 +133,23 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
 
 
+def _whole_checkpoints(out: Path) -> list[Path]:
+    return [d for d in _checkpoints(out) if (d / "state.pt").is_file()]
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
     """The newest whole checkpoint."""
-    whole = [d for d in _checkpoints(out) if (d / "state.pt").is_file()]
+    whole = _whole_checkpoints(out)
     return whole[-1] if whole else None
+
+
+def rotate_checkpoints(out: Path, keep: int) -> None:
+    """Keep the newest `keep` whole checkpoints. Dirs of saves cut short go too: counted among the kept, they
+    would leave fewer checkpoints to resume from than `keep` promises."""
+    kept = set(_whole_checkpoints(out)[-keep:])
+    for d in _checkpoints(out):
+        if d not in kept:
+            shutil.rmtree(d)
 
 
 def load_tokenizer(model_dir: str):  # noqa: ANN201 - tokenizers.Tokenizer
@@ -230,8 +243,7 @@ def _train(cfg: TrainConfig, stop: list[int]) -> Path:
             d / "state.pt.tmp",
         )
         (d / "state.pt.tmp").rename(d / "state.pt")  # a checkpoint is whole or absent
-        for old in _checkpoints(out)[: -cfg.keep_checkpoints]:
-            shutil.rmtree(old)
+        rotate_checkpoints(out, cfg.keep_checkpoints)
 
     model.train()
     bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True, mininterval=5)
