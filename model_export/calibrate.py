@@ -23,7 +23,7 @@ import json
 import logging
 import random
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,13 +92,17 @@ def checkpoint_logits(
     return out
 
 
-def write_dev_logits(model_dir: Path, examples: Sequence[Example], w: Any, path: Path) -> Path:
-    """own/ (each question with its paragraph) and cross/ (with another article's) logits in one npz."""
+LogitsOf = Callable[[Sequence[Example]], list[list[tuple[np.ndarray, np.ndarray]]]]
+
+
+def write_dev_logits(logits_of: LogitsOf, examples: Sequence[Example], path: Path) -> Path:
+    """own/ (each question with its paragraph) and cross/ (with another article's) logits in one npz;
+    `logits_of` is a checkpoint's (`checkpoint_logits`) or a bundle's (`bundle_logits`)."""
     cross = cross_article_pairs(list(examples), random.Random(0))
     tmp = path.with_suffix(".parts")
     tmp.mkdir(parents=True, exist_ok=True)
-    save_logits(tmp / "own.npz", examples, checkpoint_logits(model_dir, examples, w))
-    save_logits(tmp / "cross.npz", cross, checkpoint_logits(model_dir, cross, w))
+    save_logits(tmp / "own.npz", examples, logits_of(examples))
+    save_logits(tmp / "cross.npz", cross, logits_of(cross))
     with np.load(tmp / "own.npz") as own, np.load(tmp / "cross.npz") as neg:
         both = {f"own/{k}": own[k] for k in own.files} | {f"cross/{k}": neg[k] for k in neg.files}
         np.savez(tmp / "both.npz", **both)

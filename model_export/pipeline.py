@@ -135,20 +135,25 @@ def english_sample() -> list[str]:
     return out
 
 
-def prune_stage(cfg: BuildConfig, model_dir: Path, train_examples: list[Example]) -> tuple[Path, dict[str, Any]]:
-    """Keep the vocabulary pieces Korean, English, digits and punctuation need; measure what it costs."""
+def prune_stage(
+    cfg: BuildConfig, model_dir: Path, train_examples: Sequence[Example], out: Path | None = None, measure: bool = True
+) -> tuple[Path, dict[str, Any]]:
+    """Keep the vocabulary pieces Korean, English, digits and punctuation need (the same pieces for the same
+    examples, whichever model of the base); `measure` what it costs."""
     from model_export.prune_vocab import PruneSpec, prune
 
     p = cfg.prune
     spec = PruneSpec(ascii_top=p.ascii_top, latin_top=p.latin_top, other_top=p.other_top)
     train_texts = list(dict.fromkeys([e.context for e in train_examples] + [e.question for e in train_examples]))
-    test = load_examples(cfg.data.file, cfg.data.test_articles)
-    measure = {
-        "korquad_test_split": list(dict.fromkeys([e.context for e in test] + [e.question for e in test])),
-        "english_package_docs": english_sample(),
-    }
-    out = Path(cfg.work_dir) / "pruned"
-    report = prune(model_dir, out, train_texts, spec, measure)
+    samples = None
+    if measure:
+        test = load_examples(cfg.data.file, cfg.data.test_articles)
+        samples = {
+            "korquad_test_split": list(dict.fromkeys([e.context for e in test] + [e.question for e in test])),
+            "english_package_docs": english_sample(),
+        }
+    out = out or Path(cfg.work_dir) / "pruned"
+    report = prune(model_dir, out, train_texts, spec, samples)
     log.info("pruned vocabulary: %s", report)
     return out, report
 
@@ -198,10 +203,11 @@ def calibrate_stage(cfg: BuildConfig, base_dir: Path, model_dir: Path, trim: Seq
         ]
     else:
         splits = [(c.fit_articles, c.dev_articles, work)]
-    parts = [
-        (held_out_logits(cfg, base_dir, fit, dev, d / "dev_logits.npz", d / "train"), dev) for fit, dev, d in splits
-    ]
+    # the shipped model's vocabulary: a served calibration model then cuts the same windows as the shipped one
+    vocabulary = load_examples(cfg.data.file, cfg.data.train_articles)
+    parts = [(held_out_logits(cfg, base_dir, fit, dev, d, vocabulary), dev) for fit, dev, d in splits]
     record, _ = fit_from_logits(parts, cfg.data.file, load_tokenizer(str(model_dir)), cfg.windows, trim)
+    record["logits"] = c.logits
     log.info("calibration: %s", record)
     return record
 
@@ -220,16 +226,73 @@ def fold_splits(data_file: str, train_articles: str, folds: int) -> list[tuple[s
 
 
 def held_out_logits(
-    cfg: BuildConfig, base_dir: Path, fit_articles: str, dev_articles: str, logits: Path, train_dir: Path
+    cfg: BuildConfig,
+    base_dir: Path,
+    fit_articles: str,
+    dev_articles: str,
+    fold_dir: Path,
+    vocabulary: Sequence[Example],
 ) -> Path:
-    """`logits`: a model of the recipe trained on `fit_articles` (in `train_dir`) run on `dev_articles`; reused."""
-    from model_export.calibrate import write_dev_logits
+    """A model of the recipe trained on `fit_articles` (fold_dir/train), run on `dev_articles`; the file is reused.
 
+    `calibrate.logits = "served"`: through the file the build would ship for that model (fold_dir/served, see
+    `served_bundle`), into served_logits.npz; "checkpoint": through PyTorch, into dev_logits.npz.
+    """
+    from model_export.calibrate import bundle_logits, checkpoint_logits, write_dev_logits
+
+    served = cfg.calibrate.logits == "served"
+    logits = fold_dir / ("served_logits.npz" if served else "dev_logits.npz")
     if logits.is_file():
         log.info("calibrate: reusing %s", logits)
         return logits
-    fit_model = train_recipe(cfg, base_dir, fit_articles, train_dir)
-    return write_dev_logits(fit_model, load_examples(cfg.data.file, dev_articles), cfg.windows, logits)
+    if served and (fold_dir / "dev_logits.npz").is_file():
+        log.info(
+            "calibrate: %s holds a checkpoint's logits; calibrate.logits = 'served' needs the served file's, so "
+            "its model is bundled (and trained, if it is not there). Set calibrate.logits = 'checkpoint' to use them",
+            fold_dir,
+        )
+    fit_model = train_recipe(cfg, base_dir, fit_articles, fold_dir / "train")
+    dev = load_examples(cfg.data.file, dev_articles)
+    if not served:
+        return write_dev_logits(lambda exs: checkpoint_logits(fit_model, exs, cfg.windows), dev, logits)
+    fit = load_examples(cfg.data.file, fit_articles)
+    bundle = served_bundle(cfg, fit_model, fit, vocabulary, fold_dir / "served")
+    threads = cfg.evaluate.threads or cpu_quota()
+    return write_dev_logits(lambda exs: bundle_logits(bundle, exs, threads)[2], dev, logits)
+
+
+def served_bundle(
+    cfg: BuildConfig, model_dir: Path, fit_examples: Sequence[Example], vocabulary: Sequence[Example], out: Path
+) -> Path:
+    """A calibration model made into what the build ships, the same way: pruned to the vocabulary of
+    `vocabulary`, the shipped variants exported and quantized on its own training windows, and validated.
+    Quantization moves scores, so calibration must see the file that serves. out/bundle, reused."""
+    from model_export.export import load_qa_model
+    from model_export.train import load_tokenizer
+
+    bundle = out / "bundle"
+    if (bundle / MANIFEST).is_file():
+        log.info("calibrate: reusing %s", bundle)
+        return bundle
+    if cfg.prune.enabled:
+        model_dir, _ = prune_stage(cfg, model_dir, vocabulary, out / "pruned", measure=False)
+    exp = cfg.export
+    model = load_qa_model(model_dir)
+    made, info = export_quantize_stage(cfg, model_dir, out / "onnx", exp.shipped, fit_examples, model)
+    files = {v: made[v] for v in exp.shipped}
+    windows = Windows(**cfg.windows.model_dump())
+    report = validate_stage(
+        model,
+        load_tokenizer(str(model_dir)),
+        files,
+        info,
+        windows,
+        pairs=[(e.question, e.context) for e in fit_examples[: cfg.validate_.max_examples]],
+        tolerances=cfg.validate_.tolerance_overrides(),
+        runtimes=variant_runtimes(exp),
+    )
+    fields = bundle_fields(cfg, model_dir, info, windows, report, "model_export build (a calibration model)")
+    return write_bundle(bundle, onnx_files=files, **fields)
 
 
 # ---------------------------------------------------------------- export / quantize / validate
@@ -241,8 +304,36 @@ def export_stage(
     """optimum export -> fused fp32 (CPU and CUDA) [-> fp16 for CUDA]; returns the files and export.json."""
     from model_export.export import export_all, read_export_info
 
+    log.info("export: %s -> %s", source, onnx_dir)
     made = export_all(source, onnx_dir, fp16="fp16" in variants, opset=opset, model=model)
     return made, read_export_info(onnx_dir)
+
+
+def export_quantize_stage(
+    cfg: BuildConfig,
+    model_dir: Path,
+    onnx_dir: Path,
+    variants: Sequence[str],
+    train_examples: Sequence[Example],
+    model: Any = None,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """`variants` of a checkpoint; int8's activation scales from windows of its training examples, past the
+    first ones (validation takes those)."""
+    from model_export.train import load_tokenizer
+
+    exp = cfg.export
+    made, info = export_stage(model_dir, onnx_dir, variants, exp.opset, model)
+    if "int8" in variants:
+        cal = train_examples[cfg.validate_.max_examples :: 17]
+        made["int8"] = quantize_stage(
+            onnx_dir,
+            made["fp32"],
+            exp,
+            load_tokenizer(str(model_dir)),
+            [(e.question, e.context) for e in cal],
+            Windows(**cfg.windows.model_dump()),
+        )
+    return made, info
 
 
 def quantize_stage(
@@ -390,13 +481,7 @@ def build(cfg: BuildConfig, command: str) -> Path:
     model = load_qa_model(model_dir)
     tokenizer = load_tokenizer(str(model_dir))
     windows = Windows(**cfg.windows.model_dump())
-    made, info = export_stage(model_dir, onnx_dir, exp.variants, exp.opset, model)
-    if "int8" in exp.variants:
-        # calibration comes from the training split, away from the validation questions (its first ones)
-        cal = train_examples[cfg.validate_.max_examples :: 17]
-        made["int8"] = quantize_stage(
-            onnx_dir, made["fp32"], exp, tokenizer, [(e.question, e.context) for e in cal], windows
-        )
+    made, info = export_quantize_stage(cfg, model_dir, onnx_dir, exp.variants, train_examples, model)
     # validation pairs come from the training split: nothing is tuned on them, but test stays untouched
     val = train_examples[: cfg.validate_.max_examples]
     report = validate_stage(
@@ -411,21 +496,7 @@ def build(cfg: BuildConfig, command: str) -> Path:
         runtimes=variant_runtimes(exp),
     )
 
-    common: dict[str, Any] = {
-        "tokenizer": model_dir / "tokenizer.json",
-        "name": cfg.name,
-        "languages": cfg.languages,
-        "base_model": cfg.base.name or cfg.base.kind,
-        "max_seq_length": windows.max_seq_length,
-        "doc_stride": windows.doc_stride,
-        "max_query_length": windows.max_query_length,
-        "input_names": list(info["input_names"]),
-        "output_names": list(info["output_names"]),
-        "validation": report,
-        "training": training_record(model_dir),
-        "command": command,
-        "runtimes": variant_runtimes(exp),
-    }
+    common = bundle_fields(cfg, model_dir, info, windows, report, command)
     manifest_extra: dict[str, Any] = {
         "trim_suffixes": trim,
         "vocabulary_pruning": prune_report,
@@ -483,6 +554,27 @@ def build(cfg: BuildConfig, command: str) -> Path:
     if cfg.calibrate.enabled:
         calibration_test_stage(bundle, cfg.data.file, cfg.data.test_articles, work / "calibration-test")
     return bundle
+
+
+def bundle_fields(
+    cfg: BuildConfig, model_dir: Path, info: dict[str, Any], windows: Windows, report: dict[str, Any], command: str
+) -> dict[str, Any]:
+    """What every bundle of a build records, the shipped one and the calibration models'."""
+    return {
+        "tokenizer": model_dir / "tokenizer.json",
+        "name": cfg.name,
+        "languages": cfg.languages,
+        "base_model": cfg.base.name or cfg.base.kind,
+        "max_seq_length": windows.max_seq_length,
+        "doc_stride": windows.doc_stride,
+        "max_query_length": windows.max_query_length,
+        "input_names": list(info["input_names"]),
+        "output_names": list(info["output_names"]),
+        "validation": report,
+        "training": training_record(model_dir),
+        "command": command,
+        "runtimes": variant_runtimes(cfg.export),
+    }
 
 
 def calibration_test_stage(bundle: Path, data: str, articles: str, out: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from model_export.calibrate import write_dev_logits
+from model_export.calibrate import checkpoint_logits, write_dev_logits
 from model_export.config import BuildConfig, load_build_config
 from model_export.data import load_examples
 from model_export.sweep import best_trial, run_sweep, trial_config
@@ -122,17 +123,22 @@ def sweep_and_dev_logits(
     fit_dev = json.loads(Path(best["dir"], "training.json").read_text())["config"]
     windows = WindowSettings(fit_dev["max_seq_length"], fit_dev["doc_stride"], fit_dev["max_query_length"])
     dev = load_examples(args.data, best["dev_articles"])
-    write_dev_logits(Path(best["dir"]), dev, windows, out / "dev_logits.npz")
+    write_dev_logits(lambda exs: checkpoint_logits(Path(best["dir"]), exs, windows), dev, out / "dev_logits.npz")
     log.info("dev logits written after %.0f s", time.monotonic() - t0)
     return best["name"], dict(best["overrides"])
 
 
 def fold_logits(cfg: BuildConfig, args: argparse.Namespace, out: Path, work: Path, t0: float) -> None:
-    """The build's out-of-fold calibration models, trained here; only their logits go back."""
+    """The build's out-of-fold calibration models, trained here; only their logits go back. They are the PyTorch
+    checkpoints' (this host has no exporter or OpenVINO): the build uses them with calibrate.logits = 'checkpoint'."""
     from model_export.pipeline import fold_splits, held_out_logits
 
+    cfg = cfg.model_copy(update={"calibrate": cfg.calibrate.model_copy(update={"logits": "checkpoint"})})
+    training = load_examples(args.data, cfg.data.train_articles)
     for fit, held, name in fold_splits(args.data, cfg.data.train_articles, args.folds):
-        held_out_logits(cfg, Path(args.base), fit, held, out / "calibrate" / name / "dev_logits.npz", work / name)
+        logits = held_out_logits(cfg, Path(args.base), fit, held, work / name, training)
+        (out / "calibrate" / name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(logits, out / "calibrate" / name / "dev_logits.npz")
         log.info("fold %s (held out %s) after %.0f s", name, held, time.monotonic() - t0)
 
 

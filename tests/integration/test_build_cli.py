@@ -98,9 +98,11 @@ def test_build_tiny_smoke_end_to_end(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().endswith(str(bundle))
-    # the calibration model trains before export, so an interrupted build resumes training first
+    # the calibration model trains before the shipped model's export, so an interrupted build resumes training first
     log = r.stderr
-    assert log.index("model_export.pipeline INFO calibration: ") < log.index("model_export.export INFO ")
+    assert log.index("model_export.pipeline INFO calibration: ") < log.index(f"-> {tmp_path / 'work' / 'onnx'}\n")
+    assert "'logits': 'served'" in log  # and it was calibrated on its own served file, exported before
+    assert log.index(f"-> {tmp_path / 'work' / 'calibrate' / 'served' / 'onnx'}\n") < log.index("calibration: ")
 
     m = verify_bundle(bundle)
     assert m.variants == {"fp32": "model.onnx", "int8": "model.int8.onnx"}

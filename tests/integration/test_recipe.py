@@ -101,7 +101,7 @@ def test_sweep_scores_every_trial_on_the_dev_slice_and_distills(tiny_bundle: Pat
 def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(tiny_bundle: Path, tmp_path: Path):
     """The build's calibrate path end to end on the tiny model: dev logits -> fit -> a bundle's test figures."""
     from app.engine.bundle import read_manifest
-    from model_export.calibrate import fit_from_logits, measure_bundle, write_dev_logits
+    from model_export.calibrate import checkpoint_logits, fit_from_logits, measure_bundle, write_dev_logits
     from model_export.evaluate import WindowSettings
     from model_export.train import load_tokenizer
 
@@ -109,7 +109,7 @@ def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(tiny_bundle: Pat
     m = read_manifest(tiny_bundle)
     w = WindowSettings(m.max_seq_length, m.doc_stride, m.max_query_length)
     dev = load_examples(str(KORQUAD_DEV), "100:102")
-    logits = write_dev_logits(hf, dev, w, tmp_path / "dev_logits.npz")
+    logits = write_dev_logits(lambda exs: checkpoint_logits(hf, exs, w), dev, tmp_path / "dev_logits.npz")
     record, own = fit_from_logits([(logits, "100:102")], str(KORQUAD_DEV), load_tokenizer(str(hf)), w, ())
     assert len(own) == len(dev) and record["n_cross_article"] == len(dev)
     assert 0 <= record["answered_share"] <= 1 and len(record["score_calibration"]) == 2
@@ -125,7 +125,10 @@ def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(tiny_bundle: Pat
 def test_out_of_fold_calibration_scores_every_training_question_with_a_model_that_never_saw_it(
     tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """calibrate.folds = 3: three fold models, each trained without one block of articles and run on it."""
+    """calibrate.folds = 3: three fold models, each trained without one block of articles, made into the file the
+    build ships, and run on that block through it."""
+    from app.engine.bundle import read_manifest
+    from model_export.calibrate import bundle_logits, load_logits
     from model_export.pipeline import calibrate_stage
 
     hf = tiny_bundle.parent / "hf"
@@ -144,16 +147,23 @@ def test_out_of_fold_calibration_scores_every_training_question_with_a_model_tha
     training = load_examples(str(KORQUAD_DEV), "0:6")
     assert record["n_answerable"] == record["n_cross_article"] == len(training)
     assert record["fit_models"] == 3 and record["fitted_on"].endswith("articles 0:2 + 2:4 + 4:6")
+    assert record["logits"] == "served"
     seen: list[str] = []
     for i, (fit, held) in enumerate([("2:6", "0:2"), ("0:2,4:6", "2:4"), ("0:4", "4:6")], start=1):
         fold = tmp_path / "work" / "calibrate" / f"fold-{i}-of-3"
         assert json.loads((fold / "train" / "final" / "training.json").read_text())["config"]["train_articles"] == fit
-        with np.load(fold / "dev_logits.npz") as z:
-            ids = [str(x) for x in z["own/ids"]]
-        assert ids == [e.id for e in load_examples(str(KORQUAD_DEV), held)]
+        held_out = load_examples(str(KORQUAD_DEV), held)
+        with np.load(fold / "served_logits.npz") as z:
+            ids, logits = load_logits(z, "own/")
+        assert ids == [e.id for e in held_out]
+        # the logits are the served file's, one window per call, as the service runs it
+        bundle = fold / "served" / "bundle"
+        assert read_manifest(bundle).validation and not (fold / "dev_logits.npz").exists()
+        for a, b in zip(logits, bundle_logits(bundle, held_out, 1)[2], strict=True):
+            np.testing.assert_array_equal(np.concatenate([s for s, _ in a]), np.concatenate([s for s, _ in b]))
         seen += ids
         if i == 1:  # stopped after its training, before its logits: the finished model is reused
-            (fold / "dev_logits.npz").unlink()
+            (fold / "served_logits.npz").unlink()
         else:  # the logits are what a rerun reuses
             shutil.rmtree(fold / "train")
     assert sorted(seen) == sorted(e.id for e in training)
@@ -165,3 +175,41 @@ def test_out_of_fold_calibration_scores_every_training_question_with_a_model_tha
     assert calibrate_stage(cfg, hf, hf, ()) == record
     with pytest.raises(ValueError, match="at least two articles"):
         calibrate_stage(cfg.model_copy(update={"calibrate": cfg.calibrate.model_copy(update={"folds": 4})}), hf, hf, ())
+
+
+def test_served_calibration_models_share_the_shipped_vocabulary(tmp_path: Path) -> None:
+    """With pruning on, each calibration model is pruned to the shipped model's vocabulary, so the logits of its
+    served file line up with the windows the shipped tokenizer cuts; a fold's own vocabulary would not."""
+    from app.engine.bundle import read_manifest
+    from model_export.pipeline import calibrate_stage, prune_stage
+    from tests.support.tiny_archs import build_checkpoint
+
+    base = build_checkpoint("xlm-roberta", tmp_path / "base", head=False)
+    cfg = load_build_config(
+        TINY_CONFIG,
+        [
+            f'data.file="{KORQUAD_DEV}"',
+            f'work_dir="{tmp_path / "work"}"',
+            'data.train_articles="0:4"',
+            "calibrate.enabled=true",
+            "calibrate.folds=2",
+            "train.max_steps=1",
+            "prune.enabled=true",
+            "prune.ascii_top=0",  # ASCII pieces only where the text uses them: the kept set depends on the text
+            "prune.latin_top=0",
+            "validate.tolerances.int8.atol=1.0",  # this model's wider init spreads 4-bit weight errors further
+        ],
+    )
+    training = load_examples(str(KORQUAD_DEV), "0:4")
+    shipped, _ = prune_stage(cfg, base, training, tmp_path / "shipped", measure=False)  # as build prunes its model
+    fold_only, _ = prune_stage(cfg, base, load_examples(str(KORQUAD_DEV), "2:4"), tmp_path / "fold-only", False)
+    assert (fold_only / "tokenizer.json").read_bytes() != (shipped / "tokenizer.json").read_bytes()
+
+    record = calibrate_stage(cfg, base, shipped, ())  # raises if any fold's windows differ from the shipped ones
+    assert record["n_answerable"] == len(training) and record["fit_models"] == 2
+    rows = json.loads((base / "config.json").read_text())["vocab_size"]
+    for i in (1, 2):
+        served = tmp_path / "work" / "calibrate" / f"fold-{i}-of-2" / "served"
+        assert (served / "bundle" / "tokenizer.json").read_bytes() == (shipped / "tokenizer.json").read_bytes()
+        assert json.loads((served / "pruned" / "config.json").read_text())["vocab_size"] < rows
+        assert sorted(read_manifest(served / "bundle").variants) == sorted(cfg.export.shipped)

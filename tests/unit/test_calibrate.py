@@ -88,7 +88,10 @@ def test_dev_logits_appear_whole_or_not_at_all(tmp_path: Path, monkeypatch: pyte
     import model_export.calibrate as cal
 
     examples = [Example(f"q{i}", f"article {i}", "질문?", f"문단 {i}. 하나.", (("하나", 6),)) for i in range(3)]
-    monkeypatch.setattr(cal, "checkpoint_logits", lambda _m, ex, _w: [[(np.zeros(5), np.ones(5))] for _ in ex])
+
+    def logits_of(ex: list[Example]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        return [[(np.zeros(5), np.ones(5))] for _ in ex]
+
     path = tmp_path / "calibrate" / "dev_logits.npz"
     real_savez = np.savez
 
@@ -100,11 +103,11 @@ def test_dev_logits_appear_whole_or_not_at_all(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(cal.np, "savez", cut_short)
     with pytest.raises(KeyboardInterrupt):
-        cal.write_dev_logits(Path("model"), examples, None, path)
+        cal.write_dev_logits(logits_of, examples, path)
     assert not path.exists()
 
     monkeypatch.setattr(cal.np, "savez", real_savez)
-    assert cal.write_dev_logits(Path("model"), examples, None, path) == path
+    assert cal.write_dev_logits(logits_of, examples, path) == path
     with np.load(path) as z:
         assert [str(i) for i in z["own/ids"]] == ["q0", "q1", "q2"] and len(z["cross/ids"]) == 3
     assert sorted(p.name for p in path.parent.iterdir()) == ["dev_logits.npz"]  # no parts left behind
