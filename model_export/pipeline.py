@@ -267,32 +267,15 @@ def served_bundle(
     """A calibration model made into what the build ships, the same way: pruned to the vocabulary of
     `vocabulary`, the shipped variants exported and quantized on its own training windows, and validated.
     Quantization moves scores, so calibration must see the file that serves. out/bundle, reused."""
-    from model_export.export import load_qa_model
-    from model_export.train import load_tokenizer
-
     bundle = out / "bundle"
     if (bundle / MANIFEST).is_file():
         log.info("calibrate: reusing %s", bundle)
         return bundle
     if cfg.prune.enabled:
         model_dir, _ = prune_stage(cfg, model_dir, vocabulary, out / "pruned", measure=False)
-    exp = cfg.export
-    model = load_qa_model(model_dir)
-    made, info = export_quantize_stage(cfg, model_dir, out / "onnx", exp.shipped, fit_examples, model)
-    files = {v: made[v] for v in exp.shipped}
-    windows = Windows(**cfg.windows.model_dump())
-    report = validate_stage(
-        model,
-        load_tokenizer(str(model_dir)),
-        files,
-        info,
-        windows,
-        pairs=[(e.question, e.context) for e in fit_examples[: cfg.validate_.max_examples]],
-        tolerances=cfg.validate_.tolerance_overrides(),
-        runtimes=variant_runtimes(exp),
-    )
-    fields = bundle_fields(cfg, model_dir, info, windows, report, "model_export build (a calibration model)")
-    return write_bundle(bundle, onnx_files=files, **fields)
+    made, info, report = serving_files_stage(cfg, model_dir, out / "onnx", cfg.export.shipped, fit_examples)
+    fields = bundle_fields(cfg, model_dir, info, report, "model_export build (a calibration model)")
+    return write_bundle(bundle, onnx_files=made, **fields)
 
 
 # ---------------------------------------------------------------- export / quantize / validate
@@ -309,31 +292,38 @@ def export_stage(
     return made, read_export_info(onnx_dir)
 
 
-def export_quantize_stage(
-    cfg: BuildConfig,
-    model_dir: Path,
-    onnx_dir: Path,
-    variants: Sequence[str],
-    train_examples: Sequence[Example],
-    model: Any = None,
-) -> tuple[dict[str, Path], dict[str, Any]]:
-    """`variants` of a checkpoint; int8's activation scales from windows of its training examples, past the
-    first ones (validation takes those)."""
+def serving_files_stage(
+    cfg: BuildConfig, model_dir: Path, onnx_dir: Path, variants: Sequence[str], train_examples: Sequence[Example]
+) -> tuple[dict[str, Path], dict[str, Any], dict[str, Any]]:
+    """Export `variants` of a checkpoint, quantize, and validate each against PyTorch; returns the files, the
+    export info and the validation report. Both come from the checkpoint's training examples, never from test:
+    the first ones validate, and int8's activation scales come from windows of the rest."""
+    from model_export.export import load_qa_model
     from model_export.train import load_tokenizer
 
     exp = cfg.export
+    model = load_qa_model(model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
+    windows = Windows(**cfg.windows.model_dump())
     made, info = export_stage(model_dir, onnx_dir, variants, exp.opset, model)
     if "int8" in variants:
         cal = train_examples[cfg.validate_.max_examples :: 17]
         made["int8"] = quantize_stage(
-            onnx_dir,
-            made["fp32"],
-            exp,
-            load_tokenizer(str(model_dir)),
-            [(e.question, e.context) for e in cal],
-            Windows(**cfg.windows.model_dump()),
+            onnx_dir, made["fp32"], exp, tokenizer, [(e.question, e.context) for e in cal], windows
         )
-    return made, info
+    files = {v: made[v] for v in variants}
+    report = validate_stage(
+        model,
+        tokenizer,
+        files,
+        info,
+        windows,
+        pairs=[(e.question, e.context) for e in train_examples[: cfg.validate_.max_examples]],
+        tolerances=cfg.validate_.tolerance_overrides(),
+        report_path=onnx_dir / "validation.json",
+        runtimes=variant_runtimes(exp),
+    )
+    return files, info, report
 
 
 def quantize_stage(
@@ -454,8 +444,6 @@ def set_scores(bundle_dir: Path, scores: Sequence[Score | dict[str, Any]]) -> Ma
 
 def build(cfg: BuildConfig, command: str) -> Path:
     """import -> train -> prune -> calibrate -> export -> quantize -> validate -> evaluate each variant -> bundle."""
-    from model_export.export import load_qa_model
-    from model_export.train import load_tokenizer
 
     work = Path(cfg.work_dir)
     exp = cfg.export
@@ -477,26 +465,8 @@ def build(cfg: BuildConfig, command: str) -> Path:
     # quantization, so that a build interrupted across sittings resumes training without redoing those first
     calibration = calibrate_stage(cfg, base_dir, model_dir, trim) if cfg.calibrate.enabled else None
 
-    onnx_dir = work / "onnx"
-    model = load_qa_model(model_dir)
-    tokenizer = load_tokenizer(str(model_dir))
-    windows = Windows(**cfg.windows.model_dump())
-    made, info = export_quantize_stage(cfg, model_dir, onnx_dir, exp.variants, train_examples, model)
-    # validation pairs come from the training split: nothing is tuned on them, but test stays untouched
-    val = train_examples[: cfg.validate_.max_examples]
-    report = validate_stage(
-        model,
-        tokenizer,
-        {v: made[v] for v in exp.variants},
-        info,
-        windows,
-        pairs=[(e.question, e.context) for e in val],
-        tolerances=cfg.validate_.tolerance_overrides(),
-        report_path=onnx_dir / "validation.json",
-        runtimes=variant_runtimes(exp),
-    )
-
-    common = bundle_fields(cfg, model_dir, info, windows, report, command)
+    made, info, report = serving_files_stage(cfg, model_dir, work / "onnx", exp.variants, train_examples)
+    common = bundle_fields(cfg, model_dir, info, report, command)
     manifest_extra: dict[str, Any] = {
         "trim_suffixes": trim,
         "vocabulary_pruning": prune_report,
@@ -557,9 +527,10 @@ def build(cfg: BuildConfig, command: str) -> Path:
 
 
 def bundle_fields(
-    cfg: BuildConfig, model_dir: Path, info: dict[str, Any], windows: Windows, report: dict[str, Any], command: str
+    cfg: BuildConfig, model_dir: Path, info: dict[str, Any], report: dict[str, Any], command: str
 ) -> dict[str, Any]:
     """What every bundle of a build records, the shipped one and the calibration models'."""
+    windows = cfg.windows
     return {
         "tokenizer": model_dir / "tokenizer.json",
         "name": cfg.name,
