@@ -301,16 +301,38 @@ def serving_files_stage(
     from model_export.export import load_qa_model
     from model_export.train import load_tokenizer
 
-    exp = cfg.export
-    model = load_qa_model(model_dir)
-    tokenizer = load_tokenizer(str(model_dir))
-    windows = Windows(**cfg.windows.model_dump())
-    made, info = export_stage(model_dir, onnx_dir, variants, exp.opset, model)
+    n_val = cfg.validate_.max_examples
+    return export_and_validate(
+        model_dir,
+        load_qa_model(model_dir),
+        load_tokenizer(str(model_dir)),
+        onnx_dir,
+        variants,
+        cfg.export,
+        Windows(**cfg.windows.model_dump()),
+        calibration_pairs=[(e.question, e.context) for e in train_examples[n_val::17]],
+        validation_pairs=[(e.question, e.context) for e in train_examples[:n_val]],
+        tolerances=cfg.validate_.tolerance_overrides(),
+    )
+
+
+def export_and_validate(
+    source: str | Path,
+    model: Any,
+    tokenizer: Any,
+    onnx_dir: Path,
+    variants: Sequence[str],
+    exp: ExportSection,
+    windows: Windows,
+    calibration_pairs: Sequence[tuple[str, str]],
+    validation_pairs: Sequence[tuple[str, str]] | None,
+    tolerances: dict[str, dict[str, float]] | None,
+) -> tuple[dict[str, Path], dict[str, Any], dict[str, Any]]:
+    """export -> int8 (activation scales from windows of `calibration_pairs`) -> every variant validated against
+    PyTorch on the runtime that will serve it (`validation_pairs`, or the built-in samples when None)."""
+    made, info = export_stage(source, onnx_dir, variants, exp.opset, model)
     if "int8" in variants:
-        cal = train_examples[cfg.validate_.max_examples :: 17]
-        made["int8"] = quantize_stage(
-            onnx_dir, made["fp32"], exp, tokenizer, [(e.question, e.context) for e in cal], windows
-        )
+        made["int8"] = quantize_stage(onnx_dir, made["fp32"], exp, tokenizer, calibration_pairs, windows)
     files = {v: made[v] for v in variants}
     report = validate_stage(
         model,
@@ -318,8 +340,8 @@ def serving_files_stage(
         files,
         info,
         windows,
-        pairs=[(e.question, e.context) for e in train_examples[: cfg.validate_.max_examples]],
-        tolerances=cfg.validate_.tolerance_overrides(),
+        pairs=validation_pairs,
+        tolerances=tolerances,
         report_path=onnx_dir / "validation.json",
         runtimes=variant_runtimes(exp),
     )
@@ -722,23 +744,11 @@ def bundle_checkpoint(
         warn_if_tokenizer_file_differs(local / "tokenizer.json", backend)
     log.info("windows: %s; tokenizer %s", win, type(tokenizer).__name__)
 
-    onnx_dir = work / "onnx"
-    made, info = export_stage(source, onnx_dir, variants, exp.opset, model)
-    if "int8" in variants:
-        # a user's checkpoint comes without training data: the validation samples calibrate the smoothing
-        from model_export.validate import SAMPLE_PAIRS
+    # a user's checkpoint comes without training data: the validation samples calibrate int8
+    from model_export.validate import SAMPLE_PAIRS
 
-        made["int8"] = quantize_stage(onnx_dir, made["fp32"], exp, backend, SAMPLE_PAIRS, win)
-    files = {v: made[v] for v in variants}
-    report = validate_stage(
-        model,
-        backend,
-        files,
-        info,
-        win,
-        tolerances=tolerances,
-        report_path=onnx_dir / "validation.json",
-        runtimes=variant_runtimes(exp),
+    files, info, report = export_and_validate(
+        source, model, backend, work / "onnx", variants, exp, win, SAMPLE_PAIRS, None, tolerances
     )
     bundle = write_bundle(
         out_dir,
