@@ -214,8 +214,14 @@ def fit_platt(own: Sequence[Outcome], iterations: int = 50) -> tuple[float, floa
 
     A temperature alone cannot fix these scores: near-duplicate spans ("한느", "한느를") split the
     probability, so right answers score too low in the middle, while the rare low scores are too high.
+
+    The targets are Platt's smoothed ones, (n_right + 1) / (n_right + 2) and 1 / (n_wrong + 2), rather than
+    1 and 0: when every answer is wrong (or every one right) the unsmoothed optimum lies at infinity, and
+    Newton's steps run the scores down to exactly 0. With thousands of questions the shift is below 0.001.
     """
-    correct = np.array([o.exact for o in own])
+    exact = np.array([o.exact for o in own])
+    right = exact.sum()
+    correct = np.where(exact > 0.5, (right + 1) / (right + 2), 1 / (len(exact) - right + 2))
     q = np.clip([top_share(o) for o in own], 1e-9, 1 - 1e-9)
     x = np.stack([np.log(q / (1 - q)), np.ones(len(q))], axis=1)
     w = np.array([1.0, 0.0])

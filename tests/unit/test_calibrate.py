@@ -18,6 +18,7 @@ from model_export.calibrate import (
     fit_null_threshold,
     fit_platt,
     measure,
+    top_score,
     top_share,
 )
 from model_export.data import Example
@@ -40,6 +41,17 @@ def test_platt_recovers_a_known_miscalibration():
     fixed = np.array([calibrated(s, (a, b)) for s in raw])
     correct = np.array([o.exact for o in own])
     assert ece(fixed, correct) < 0.03 < ece(raw, correct)
+
+
+@pytest.mark.parametrize("exact", [0.0, 1.0])
+def test_platt_stays_finite_when_every_answer_is_wrong_or_every_one_right(exact: float):
+    # a barely trained model gets every answer wrong: the unsmoothed fit ran its scores down to exactly 0
+    own = [outcome(x, -5, exact) for x in np.linspace(-3, 3, 109)]
+    a, b = fit_platt(own)
+    scores = np.array([top_score(o, (a, b)) for o in own])
+    assert np.isfinite([a, b]).all() and ((scores > 0) & (scores < 1)).all()
+    # the smoothed base rate, 1/111 or 110/111, rather than 0 or 1
+    assert abs(scores.mean() - (1 / 111 if exact == 0 else 110 / 111)) < 1e-3
 
 
 @given(st.floats(0, 1), st.floats(0.1, 5), st.floats(-3, 3))
