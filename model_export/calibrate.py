@@ -120,6 +120,7 @@ def fit_from_logits(
     (one dev slice, or the held-out block of each fold); returns (the manifest's record, own outcomes)."""
     own: list[Outcome] = []
     neg: list[Outcome] = []
+    own_per_part: list[list[Outcome]] = []
     for logits, articles in parts:
         dev = load_examples(data, articles)
         cross = cross_article_pairs(dev, random.Random(0))
@@ -128,13 +129,36 @@ def fit_from_logits(
             ids_cross, cross_logits = load_logits(z, "cross/")
         if ids_own != [e.id for e in dev] or ids_cross != [e.id for e in cross]:
             raise ValueError(f"{logits}: its questions are not those of {data} articles {articles}")
-        own += outcomes(dev, windows_for(tokenizer, dev, w), own_logits, trim_suffixes)
+        own_per_part.append(outcomes(dev, windows_for(tokenizer, dev, w), own_logits, trim_suffixes))
+        own += own_per_part[-1]
         neg += outcomes(cross, windows_for(tokenizer, cross, w), cross_logits, trim_suffixes)
     calibration = fit_platt(own)
     threshold = fit_null_threshold(own, neg)
     fitted_on = f"{Path(data).name} articles {' + '.join(a for _, a in parts)}"
     record = {"fitted_on": fitted_on, "fit_models": len(parts), **measure(own, neg, calibration, threshold)}
+    if len(own_per_part) > 1:
+        record["cross_fitted"] = cross_fitted(own_per_part)
     return record, own
+
+
+def cross_fitted(parts: Sequence[Sequence[Outcome]], bins: int = 10) -> dict[str, Any]:
+    """Each part's top answers scored by a map fitted on the other parts only: what unseen articles should
+    show. `ece_after` scores the map on the questions it was fitted on, which flatters it."""
+    scores: list[float] = []
+    correct: list[float] = []
+    for i, part in enumerate(parts):
+        calibration = fit_platt([o for j, other in enumerate(parts) if j != i for o in other])
+        scores += [top_score(o, calibration) for o in part]
+        correct += [o.exact for o in part]
+    s, c = np.array(scores), np.array(correct)
+    return {"ece": ece(s, c, bins), "ece_floor": ece_floor(s, bins), "log_loss": log_loss(s, c)}
+
+
+def log_loss(scores: np.ndarray, correct: np.ndarray) -> float:
+    """Mean negative log-likelihood of exact match under the scores: lower is better, and unlike the ECE it
+    does not depend on bins."""
+    q = np.clip(scores, 1e-9, 1 - 1e-9)
+    return float(-np.mean(correct * np.log(q) + (1 - correct) * np.log(1 - q)))
 
 
 def load_logits(z: Any, prefix: str = "") -> tuple[list[str], list[list[tuple[np.ndarray, np.ndarray]]]]:

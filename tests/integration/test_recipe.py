@@ -114,6 +114,7 @@ def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(tiny_bundle: Pat
     assert len(own) == len(dev) and record["n_cross_article"] == len(dev)
     assert 0 <= record["answered_share"] <= 1 and len(record["score_calibration"]) == 2
     assert record["fitted_on"].endswith("articles 100:102") and record["fit_models"] == 1
+    assert "cross_fitted" not in record  # one model: nothing to fit on but the questions themselves
     with pytest.raises(ValueError, match="not those of"):
         fit_from_logits([(logits, "101:103")], str(KORQUAD_DEV), load_tokenizer(str(hf)), w, ())
     result = measure_bundle(tiny_bundle, str(KORQUAD_DEV), "120:122", tmp_path / "test")
@@ -147,6 +148,7 @@ def test_out_of_fold_calibration_scores_every_training_question_with_a_model_tha
     training = load_examples(str(KORQUAD_DEV), "0:6")
     assert record["n_answerable"] == record["n_cross_article"] == len(training)
     assert record["fit_models"] == 3 and record["fitted_on"].endswith("articles 0:2 + 2:4 + 4:6")
+    assert 0 <= record["cross_fitted"]["ece"] <= 1 and record["cross_fitted"]["log_loss"] > 0
     assert record["logits"] == "served"
     seen: list[str] = []
     for i, (fit, held) in enumerate([("2:6", "0:2"), ("0:2,4:6", "2:4"), ("0:4", "4:6")], start=1):

@@ -13,10 +13,12 @@ from app.engine.spans import calibrated
 from model_export.calibrate import (
     Outcome,
     auroc,
+    cross_fitted,
     ece,
     ece_floor,
     fit_null_threshold,
     fit_platt,
+    log_loss,
     measure,
     top_score,
     top_share,
@@ -52,6 +54,29 @@ def test_platt_stays_finite_when_every_answer_is_wrong_or_every_one_right(exact:
     assert np.isfinite([a, b]).all() and ((scores > 0) & (scores < 1)).all()
     # the smoothed base rate, 1/111 or 110/111, rather than 0 or 1
     assert abs(scores.mean() - (1 / 111 if exact == 0 else 110 / 111)) < 1e-3
+
+
+def test_cross_fitted_scores_each_part_with_a_map_fitted_on_the_others():
+    rng = np.random.default_rng(2)
+
+    def part(shift: float) -> list[Outcome]:
+        z = rng.normal(0.5, 1.5, 1000)
+        return [outcome(x, -5, float(rng.random() < 1 / (1 + np.exp(-(2 * x - shift))))) for x in z]
+
+    alike = cross_fitted([part(0.5), part(0.5), part(0.5)])
+    # parts that disagree: each is scored by the others' map, which the in-sample fit would hide
+    unlike = cross_fitted([part(-1.5), part(0.5), part(2.5)])
+    assert alike["ece"] < alike["ece_floor"]["p90"] * 1.5 < unlike["ece"]
+    assert alike["log_loss"] < unlike["log_loss"]
+    pooled = [o for p in ([part(-1.5), part(0.5), part(2.5)]) for o in p]
+    in_sample = np.array([top_score(o, fit_platt(pooled)) for o in pooled])
+    assert ece(in_sample, np.array([o.exact for o in pooled])) < unlike["ece"]
+
+
+def test_log_loss_of_sure_and_of_coin_flip_scores():
+    correct = np.array([1.0, 0.0, 1.0, 0.0])
+    assert log_loss(np.array([1.0, 0.0, 1.0, 0.0]), correct) < 1e-6
+    assert abs(log_loss(np.full(4, 0.5), correct) - np.log(2)) < 1e-12
 
 
 @given(st.floats(0, 1), st.floats(0.1, 5), st.floats(-3, 3))
