@@ -10,6 +10,7 @@ paragraph of another of those articles (`cross_article_pairs`). Fitted here:
 
 - `score_calibration` (a, b): a span's softmax share p becomes sigmoid(a * logit(p) + b), minimising the
   log loss of the top answer's score against its exact match, so that 0.8 is right about 80% of the time.
+  With `--margin` (`calibrate.margin`), (a, b, c): + c * the null margin (null logit minus the span's).
 - `null_threshold`: the null answer wins when its logit beats the best span's by more than this: the
   threshold with the most right decisions over both sets.
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from app.engine.spans import PassageLogits, calibrated, decode_passages
+from app.engine.spans import Calibration, PassageLogits, calibrated, decode_passages
 from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows
 from model_export.data import Example, cross_article_pairs, load_examples
 from model_export.metrics import exact_match, f1
@@ -114,7 +115,12 @@ def write_dev_logits(logits_of: LogitsOf, examples: Sequence[Example], path: Pat
 
 
 def fit_from_logits(
-    parts: Sequence[tuple[Path, str]], data: str, tokenizer: PairTokenizer, w: Any, trim_suffixes: Sequence[str]
+    parts: Sequence[tuple[Path, str]],
+    data: str,
+    tokenizer: PairTokenizer,
+    w: Any,
+    trim_suffixes: Sequence[str],
+    margin: bool = False,
 ) -> tuple[dict[str, Any], list[Outcome]]:
     """Fit calibration and threshold from dev-logits npz files, each with the articles its model never saw
     (one dev slice, or the held-out block of each fold); returns (the manifest's record, own outcomes)."""
@@ -132,22 +138,22 @@ def fit_from_logits(
         own_per_part.append(outcomes(dev, windows_for(tokenizer, dev, w), own_logits, trim_suffixes))
         own += own_per_part[-1]
         neg += outcomes(cross, windows_for(tokenizer, cross, w), cross_logits, trim_suffixes)
-    calibration = fit_platt(own)
+    calibration = fit_platt(own, margin)
     threshold = fit_null_threshold(own, neg)
     fitted_on = f"{Path(data).name} articles {' + '.join(a for _, a in parts)}"
     record = {"fitted_on": fitted_on, "fit_models": len(parts), **measure(own, neg, calibration, threshold)}
     if len(own_per_part) > 1:
-        record["cross_fitted"] = cross_fitted(own_per_part)
+        record["cross_fitted"] = cross_fitted(own_per_part, margin)
     return record, own
 
 
-def cross_fitted(parts: Sequence[Sequence[Outcome]], bins: int = 10) -> dict[str, Any]:
+def cross_fitted(parts: Sequence[Sequence[Outcome]], margin: bool = False, bins: int = 10) -> dict[str, Any]:
     """Each part's top answers scored by a map fitted on the other parts only: what unseen articles should
     show. `ece_after` scores the map on the questions it was fitted on, which flatters it."""
     scores: list[float] = []
     correct: list[float] = []
     for i, part in enumerate(parts):
-        calibration = fit_platt([o for j, other in enumerate(parts) if j != i for o in other])
+        calibration = fit_platt([o for j, other in enumerate(parts) if j != i for o in other], margin)
         scores += [top_score(o, calibration) for o in part]
         correct += [o.exact for o in part]
     s, c = np.array(scores), np.array(correct)
@@ -210,8 +216,8 @@ def top_share(o: Outcome) -> float:
     return float(1.0 / np.exp(o.logits - o.logits[0]).sum())
 
 
-def top_score(o: Outcome, calibration: tuple[float, float] = (1.0, 0.0)) -> float:
-    return calibrated(top_share(o), calibration)
+def top_score(o: Outcome, calibration: Calibration = (1.0, 0.0)) -> float:
+    return calibrated(top_share(o), calibration, o.margin)
 
 
 def ece(scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
@@ -233,11 +239,13 @@ def ece_floor(scores: np.ndarray, bins: int = 10, draws: int = 400, seed: int = 
     return {"mean": float(np.mean(draws_ece)), "p90": float(np.quantile(draws_ece, 0.9))}
 
 
-def fit_platt(own: Sequence[Outcome], iterations: int = 50) -> tuple[float, float]:
-    """(a, b) of sigmoid(a * logit(share) + b) minimising the log loss against exact match (Newton's method).
+def fit_platt(own: Sequence[Outcome], margin: bool = False, iterations: int = 50) -> Calibration:
+    """(a, b) of sigmoid(a * logit(share) + b) minimising the log loss against exact match (Newton's method);
+    with `margin`, (a, b, c) adding c * the null margin, kept only when c <= 0 (see app.engine.spans.calibrated).
 
     A temperature alone cannot fix these scores: near-duplicate spans ("한느", "한느를") split the
     probability, so right answers score too low in the middle, while the rare low scores are too high.
+    The null margin carries what the share does not: how sure the model is that the passage holds an answer.
 
     The targets are Platt's smoothed ones, (n_right + 1) / (n_right + 2) and 1 / (n_wrong + 2), rather than
     1 and 0: when every answer is wrong (or every one right) the unsmoothed optimum lies at infinity, and
@@ -247,16 +255,22 @@ def fit_platt(own: Sequence[Outcome], iterations: int = 50) -> tuple[float, floa
     right = exact.sum()
     correct = np.where(exact > 0.5, (right + 1) / (right + 2), 1 / (len(exact) - right + 2))
     q = np.clip([top_share(o) for o in own], 1e-9, 1 - 1e-9)
-    x = np.stack([np.log(q / (1 - q)), np.ones(len(q))], axis=1)
-    w = np.array([1.0, 0.0])
+    # an outcome without candidates has an infinite margin (and a share of 0); a finite stand-in keeps Newton finite
+    margins = np.minimum([o.margin for o in own], 100.0)
+    columns = [np.log(q / (1 - q)), np.ones(len(q))] + ([margins] if margin else [])
+    x = np.stack(columns, axis=1)
+    w = np.zeros(x.shape[1])
+    w[0] = 1.0
     for _ in range(iterations):
         p = 1 / (1 + np.exp(-x @ w))
         grad = x.T @ (p - correct)
-        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(2)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(len(w))
         step = np.linalg.solve(hess, grad)
         w -= step
         if np.abs(step).max() < 1e-9:
             break
+    if margin:
+        return (float(w[0]), float(w[1]), float(w[2])) if w[2] <= 0 else fit_platt(own, iterations=iterations)
     return float(w[0]), float(w[1])
 
 
@@ -286,7 +300,7 @@ def fit_null_threshold(own: Sequence[Outcome], cross: Sequence[Outcome]) -> floa
 
 
 def measure(
-    own: Sequence[Outcome], cross: Sequence[Outcome], calibration: tuple[float, float], threshold: float, bins: int = 10
+    own: Sequence[Outcome], cross: Sequence[Outcome], calibration: Calibration, threshold: float, bins: int = 10
 ) -> dict[str, Any]:
     """The issue's figures: accuracy with and without abstention, abstention rates, AUROC, ECE and sharpness."""
     correct = np.array([o.exact for o in own])
@@ -319,9 +333,7 @@ def measure(
     }
 
 
-def reliability_plot(
-    own: Sequence[Outcome], calibration: tuple[float, float], path: Path, title: str, bins: int = 10
-) -> None:
+def reliability_plot(own: Sequence[Outcome], calibration: Calibration, path: Path, title: str, bins: int = 10) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -330,10 +342,10 @@ def reliability_plot(
     correct = np.array([o.exact for o in own])
     fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
     ax.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
-    a, b = calibration
+    params = ", ".join(f"{k} {v:.2f}" for k, v in zip("abc", calibration, strict=False))
     for cal, label, color in (
         ((1.0, 0.0), "before", "tab:red"),
-        (calibration, f"after (a {a:.2f}, b {b:.2f})", "tab:blue"),
+        (calibration, f"after ({params})", "tab:blue"),
     ):
         s = np.array([top_score(o, cal) for o in own])
         idx = np.minimum((s * bins).astype(int), bins - 1)
@@ -420,13 +432,12 @@ def _calibrate_command(args: argparse.Namespace) -> int:
         raise SystemExit("calibrate: give one --articles range per --logits file (the articles its model never saw)")
     tokenizer = load_tokenizer(args.tokenizer)
     parts = [(Path(f), a) for f, a in zip(args.logits, args.articles, strict=True)]
-    result, own = fit_from_logits(parts, args.data, tokenizer, windows, args.trim_suffixes)
+    result, own = fit_from_logits(parts, args.data, tokenizer, windows, args.trim_suffixes, args.margin)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    a, b = result["score_calibration"]
     title = f"held-out training articles {' + '.join(args.articles)}"
-    reliability_plot(own, (a, b), out / "reliability_dev.png", title)
+    reliability_plot(own, tuple(result["score_calibration"]), out / "reliability_dev.png", title)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -452,6 +463,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tokenizer", help="fit: dir with the model's tokenizer.json")
     p.add_argument("--trim-suffixes", nargs="*", default=[], help="the bundle's trim_suffixes")
+    p.add_argument("--margin", action="store_true", help="fit the null margin's weight too (calibrate.margin)")
     p.add_argument("--max-seq-length", type=int, default=384)
     p.add_argument("--doc-stride", type=int, default=128)
     p.add_argument("--max-query-length", type=int, default=64)

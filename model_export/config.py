@@ -139,6 +139,8 @@ class CalibrateSection(_Section):
     dev_articles: str = "100:112"
     folds: int = Field(0, ge=0)
     logits: Literal["served", "checkpoint"] = "served"
+    # the map's inputs: the span's share only (Platt's a, b), or its null margin too (c; app.engine.spans.calibrated)
+    margin: bool = False
 
     @model_validator(mode="after")
     def _folds_are_several(self) -> CalibrateSection:

@@ -206,7 +206,8 @@ def calibrate_stage(cfg: BuildConfig, base_dir: Path, model_dir: Path, trim: Seq
     # the shipped model's vocabulary: a served calibration model then cuts the same windows as the shipped one
     vocabulary = load_examples(cfg.data.file, cfg.data.train_articles)
     parts = [(held_out_logits(cfg, base_dir, fit, dev, d, vocabulary), dev) for fit, dev, d in splits]
-    record, _ = fit_from_logits(parts, cfg.data.file, load_tokenizer(str(model_dir)), cfg.windows, trim)
+    tokenizer = load_tokenizer(str(model_dir))
+    record, _ = fit_from_logits(parts, cfg.data.file, tokenizer, cfg.windows, trim, c.margin)
     record["logits"] = c.logits
     log.info("calibration: %s", record)
     return record

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -56,7 +56,8 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry]
     trim_suffixes: list[str] = []  # cut from span ends at decoding; learned on the training split
     # fitted on held-out training articles (model_export calibrate); the defaults change nothing
-    score_calibration: tuple[float, float] = (1.0, 0.0)  # Platt (a, b) on the log-odds of a span's share
+    # Platt (a, b) on the log-odds of a span's share, and optionally c on the null margin (app.engine.spans)
+    score_calibration: tuple[float, float] | tuple[float, float, float] = (1.0, 0.0)
     null_threshold: float = 0.0
     calibration: dict[str, object] = {}
     scores: list[Score] = []
@@ -64,6 +65,15 @@ class Manifest(BaseModel):
     training: dict[str, object] = {}
     command: str = ""
     created: str = ""
+
+    @field_validator("score_calibration")
+    @classmethod
+    def _monotone(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        # a span with a higher logit has a lower null margin: c <= 0 keeps its score from dropping below a
+        # lower span's
+        if len(v) == 3 and v[2] > 0:
+            raise ValueError("the null margin's weight c must be <= 0, or scores would not follow the ranking")
+        return v
 
 
 def sha256_file(path: Path) -> str:

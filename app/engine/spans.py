@@ -81,13 +81,18 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return z / z.sum()
 
 
-def calibrated(p: float, calibration: tuple[float, float]) -> float:
-    """Platt scaling in log-odds space; (1, 0) is the identity."""
-    a, b = calibration
-    if (a, b) == (1.0, 0.0):
+Calibration = tuple[float, float] | tuple[float, float, float]
+
+
+def calibrated(p: float, calibration: Calibration, margin: float = 0.0) -> float:
+    """Platt scaling in log-odds space: (a, b) maps a share p to sigmoid(a * logit(p) + b); a third weight c
+    adds c * margin, the null logit minus the span's (a passage that hardly holds an answer lowers every
+    span's score; c <= 0, so the map never reorders spans). (1, 0) is the identity."""
+    a, b, c = (*calibration, 0.0)[:3]
+    if (a, b, c) == (1.0, 0.0, 0.0):
         return p
     q = min(max(p, 1e-9), 1 - 1e-9)
-    return float(1.0 / (1.0 + np.exp(-(a * np.log(q / (1 - q)) + b))))
+    return float(1.0 / (1.0 + np.exp(-(a * np.log(q / (1 - q)) + b + c * margin))))
 
 
 def decode_spans(
@@ -101,7 +106,7 @@ def decode_spans(
     top_n: int = 20,
     allow_no_answer: bool = False,
     trim_suffixes: Sequence[str] = (),
-    calibration: tuple[float, float] = (1.0, 0.0),
+    calibration: Calibration = (1.0, 0.0),
     null_threshold: float = 0.0,
 ) -> Decoded:
     """Merge the windows of one context into the top-k distinct character spans: one passage of `decode_passages`."""
@@ -125,7 +130,7 @@ def decode_passages(
     top_n: int = 20,
     allow_no_answer: bool = False,
     trim_suffixes: Sequence[str] = (),
-    calibration: tuple[float, float] = (1.0, 0.0),
+    calibration: Calibration = (1.0, 0.0),
     null_threshold: float = 0.0,
 ) -> Decoded:
     """Merge all windows of all passages of one question into the top-k distinct (passage, span) answers.
@@ -138,8 +143,9 @@ def decode_passages(
     `score` is the softmax of the logit over all distinct candidates of all passages (plus the null
     answer when `allow_no_answer`, whose logit is the lowest [CLS] start+end over every window), so
     one passage alone gives the same answers as a one-passage request. A span's share p then goes through
-    `calibration` (a, b) = sigmoid(a * logit(p) + b), fitted on held-out training articles so that a score
-    of 0.8 is exactly right about 80% of the time; the map is monotone, so it never reorders answers.
+    `calibration` (a, b[, c]) = sigmoid(a * logit(p) + b [+ c * (null logit - span logit)]), fitted on held-out
+    training articles so that a score of 0.8 is exactly right about 80% of the time; the map is monotone
+    (c <= 0), so it never reorders answers.
     The null answer wins when its logit beats the best span's by more than `null_threshold`, also fitted on
     held-out training articles; `no_answer_score` stays the null answer's uncalibrated share.
     """
@@ -166,7 +172,7 @@ def decode_passages(
     logits = np.array([v for _, v in spans] + ([null_logit] if allow_no_answer else []), dtype=np.float64)
     probs = _softmax(logits) if len(logits) else logits
     answers = [
-        Answer(passages[p].context[s:e], calibrated(float(prob), calibration), s, e, logit, p)
+        Answer(passages[p].context[s:e], calibrated(float(prob), calibration, null_logit - logit), s, e, logit, p)
         for ((p, s, e), logit), prob in zip(spans[:top_k], probs, strict=False)
     ]
     no_answer_score = None

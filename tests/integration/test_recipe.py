@@ -129,8 +129,9 @@ def test_out_of_fold_calibration_scores_every_training_question_with_a_model_tha
     """calibrate.folds = 3: three fold models, each trained without one block of articles, made into the file the
     build ships, and run on that block through it."""
     from app.engine.bundle import read_manifest
-    from model_export.calibrate import bundle_logits, load_logits
+    from model_export.calibrate import bundle_logits, fit_from_logits, load_logits
     from model_export.pipeline import calibrate_stage
+    from model_export.train import load_tokenizer
 
     hf = tiny_bundle.parent / "hf"
     cfg = load_build_config(
@@ -175,6 +176,12 @@ def test_out_of_fold_calibration_scores_every_training_question_with_a_model_tha
 
     monkeypatch.setattr(model_export.train, "train", no_training)
     assert calibrate_stage(cfg, hf, hf, ()) == record
+    # calibrate.margin: the same reused logits, the null margin's weight fitted as well
+    with_margin = cfg.model_copy(update={"calibrate": cfg.calibrate.model_copy(update={"margin": True})})
+    folds = tmp_path / "work" / "calibrate"
+    parts = [(folds / f"fold-{i}-of-3" / "served_logits.npz", a) for i, a in enumerate(("0:2", "2:4", "4:6"), 1)]
+    expected, _ = fit_from_logits(parts, str(KORQUAD_DEV), load_tokenizer(str(hf)), cfg.windows, (), margin=True)
+    assert calibrate_stage(with_margin, hf, hf, ())["score_calibration"] == expected["score_calibration"]
     with pytest.raises(ValueError, match="at least two articles"):
         calibrate_stage(cfg.model_copy(update={"calibrate": cfg.calibrate.model_copy(update={"folds": 4})}), hf, hf, ())
 

@@ -79,6 +79,23 @@ def test_log_loss_of_sure_and_of_coin_flip_scores():
     assert abs(log_loss(np.full(4, 0.5), correct) - np.log(2)) < 1e-12
 
 
+def test_the_null_margin_weight_is_recovered_and_kept_only_when_it_cannot_reorder():
+    rng = np.random.default_rng(3)
+    z, margin = rng.normal(0.5, 1.5, 4000), rng.uniform(-12, 4, 4000)
+
+    def fit(c_true: float) -> tuple[float, ...]:
+        true_p = 1 / (1 + np.exp(-(1.5 * z - 0.5 + c_true * margin)))
+        return fit_platt(
+            [outcome(x, m, float(rng.random() < p)) for x, m, p in zip(z, margin, true_p, strict=True)], True
+        )
+
+    a, b, c = fit(-0.2)
+    assert abs(a - 1.5) < 0.15 and abs(b + 0.5) < 0.3 and abs(c + 0.2) < 0.04
+    own = [outcome(1.0, m, 0.0) for m in (-10.0, 0.0)]
+    assert top_score(own[0], (a, b, c)) > top_score(own[1], (a, b, c))  # a passage unlikely to hold an answer
+    assert len(fit(0.2)) == 2  # a positive weight would let a worse span outscore a better one: plain Platt
+
+
 @given(st.floats(0, 1), st.floats(0.1, 5), st.floats(-3, 3))
 def test_calibration_is_monotone_and_identity_by_default(p: float, a: float, b: float):
     assert calibrated(p, (1.0, 0.0)) == p

@@ -221,9 +221,10 @@ def test_same_span_in_two_passages_stays_two_answers(wordpiece):
     seed=st.integers(0, 2**32 - 1),
     a=st.floats(0.2, 4),
     b=st.floats(-2, 2),
+    c=st.one_of(st.none(), st.floats(-1, 0)),
     threshold=st.floats(-5, 5),
 )
-def test_calibration_keeps_the_ranking_and_the_threshold_moves_abstention(tokenizer, context, seed, a, b, threshold):
+def test_calibration_keeps_the_ranking_and_the_threshold_moves_abstention(tokenizer, context, seed, a, b, c, threshold):
     if not _has_tokens(tokenizer, "질문", context):
         return
     [pair] = encode_pairs(tokenizer, [("질문", context)])
@@ -231,9 +232,11 @@ def test_calibration_keeps_the_ranking_and_the_threshold_moves_abstention(tokeni
     starts, ends = _logits(np.random.default_rng(seed), windows)
     kw = {"top_k": 5, "max_answer_length": 10}
     raw = decode_spans(context, windows, starts, ends, **kw)
-    cal = decode_spans(context, windows, starts, ends, calibration=(a, b), **kw)
+    cal = decode_spans(context, windows, starts, ends, calibration=(a, b) if c is None else (a, b, c), **kw)
     assert [(x.start, x.end, x.logit) for x in raw.answers] == [(x.start, x.end, x.logit) for x in cal.answers]
     assert all(0 <= x.score <= 1 for x in cal.answers)
+    # the scores follow the ranking, the null margin's weight included
+    assert all(x.score >= y.score - 1e-12 for x, y in zip(cal.answers, cal.answers[1:], strict=False))
     gated = decode_spans(context, windows, starts, ends, allow_no_answer=True, null_threshold=threshold, **kw)
     if raw.answers:
         margin = gated.null_logit - raw.answers[0].logit
