@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -197,3 +200,33 @@ def test_stalled_inference_turns_readiness_and_liveness_off(marker_bundle: Path)
         gate.set()
         worker.join(20)
         assert c.get("/readyz").status_code == 200 and c.get("/livez").status_code == 200
+
+
+def test_the_manifest_calibration_reaches_the_scores(marker_bundle: Path, tmp_path: Path):
+    """(a, b, c) from the manifest: each score is sigmoid(a * logit(share) + b + c * null margin), the margin read
+    off the same request's uncalibrated shares (log of the null's share over the span's)."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(marker_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    request = {
+        "question": "대한민국의 수도는?",
+        "context": f"대한민국의 수도는 {MARKER}이다. 부산은 항구 도시이다.",
+        "top_k": 3,
+        "allow_no_answer": True,
+    }
+
+    def ask(calibration: list[float]) -> dict:
+        # a threshold no margin reaches: the null answer takes part in the softmax but never wins
+        (bundle / "manifest.json").write_text(
+            json.dumps(manifest | {"score_calibration": calibration, "null_threshold": 1e9})
+        )
+        with TestClient(create_app(Settings(model_dir=bundle, model_variant="fp32", intra_op_threads=1))) as c:
+            wait_ready(c)
+            assert c.get("/v1/models").json()["data"][0]["score_calibration"] == calibration
+            return c.post("/answer", json=request).json()
+
+    raw, cal = ask([1.0, 0.0]), ask([0.8, 0.3, -0.25])
+    assert [a["start"] for a in raw["answers"]] == [a["start"] for a in cal["answers"]] and len(raw["answers"]) > 1
+    for r, c in zip(raw["answers"], cal["answers"], strict=True):
+        p, margin = r["score"], np.log(raw["no_answer_score"] / r["score"])
+        assert abs(c["score"] - 1 / (1 + np.exp(-(0.8 * np.log(p / (1 - p)) + 0.3 - 0.25 * margin)))) < 1e-9
