@@ -92,7 +92,11 @@ def calibrated(p: float, calibration: Calibration, margin: float = 0.0) -> float
     if (a, b, c) == (1.0, 0.0, 0.0):
         return p
     q = min(max(p, 1e-9), 1 - 1e-9)
-    return float(1.0 / (1.0 + np.exp(-(a * np.log(q / (1 - q)) + b + c * margin))))
+    z = a * np.log(q / (1 - q)) + b
+    # without a margin weight the margin plays no part, even an infinite one (a question with no candidate span)
+    if c:
+        z += c * margin
+    return float(1.0 / (1.0 + np.exp(-z)))
 
 
 def decode_spans(

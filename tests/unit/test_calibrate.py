@@ -96,6 +96,12 @@ def test_the_null_margin_weight_is_recovered_and_kept_only_when_it_cannot_reorde
     assert len(fit(0.2)) == 2  # a positive weight would let a worse span outscore a better one: plain Platt
 
 
+def test_an_outcome_without_candidates_scores_near_zero_not_nan():
+    # no span, so its null margin is infinite: a map without a margin weight must not turn that into 0 * inf
+    empty = Outcome(np.array([]), 1.0, "", 0.0, 0.0)
+    assert 0 <= top_score(empty, (1.2, 0.3)) < 1e-9 and top_score(empty, (1.2, 0.3, -0.1)) < 1e-9
+
+
 @given(st.floats(0, 1), st.floats(0.1, 5), st.floats(-3, 3))
 def test_calibration_is_monotone_and_identity_by_default(p: float, a: float, b: float):
     assert calibrated(p, (1.0, 0.0)) == p
