@@ -124,9 +124,8 @@ def fit_from_logits(
 ) -> tuple[dict[str, Any], list[Outcome]]:
     """Fit calibration and threshold from dev-logits npz files, each with the articles its model never saw
     (one dev slice, or the held-out block of each fold); returns (the manifest's record, own outcomes)."""
-    own: list[Outcome] = []
-    neg: list[Outcome] = []
     own_per_part: list[list[Outcome]] = []
+    neg: list[Outcome] = []
     for logits, articles in parts:
         dev = load_examples(data, articles)
         cross = cross_article_pairs(dev, random.Random(0))
@@ -136,8 +135,8 @@ def fit_from_logits(
         if ids_own != [e.id for e in dev] or ids_cross != [e.id for e in cross]:
             raise ValueError(f"{logits}: its questions are not those of {data} articles {articles}")
         own_per_part.append(outcomes(dev, windows_for(tokenizer, dev, w), own_logits, trim_suffixes))
-        own += own_per_part[-1]
         neg += outcomes(cross, windows_for(tokenizer, cross, w), cross_logits, trim_suffixes)
+    own = [o for part in own_per_part for o in part]
     calibration = fit_platt(own, margin)
     threshold = fit_null_threshold(own, neg)
     fitted_on = f"{Path(data).name} articles {' + '.join(a for _, a in parts)}"

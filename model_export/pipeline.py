@@ -467,7 +467,6 @@ def set_scores(bundle_dir: Path, scores: Sequence[Score | dict[str, Any]]) -> Ma
 
 def build(cfg: BuildConfig, command: str) -> Path:
     """import -> train -> prune -> calibrate -> export -> quantize -> validate -> evaluate each variant -> bundle."""
-
     work = Path(cfg.work_dir)
     exp = cfg.export
     base_dir = work / "base"
