@@ -195,11 +195,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     cfg = cfg.model_copy(update=updates)
     if args.fresh and Path(cfg.work_dir).exists():
         shutil.rmtree(cfg.work_dir)
-    print(build(cfg, args.command))
+    print(build(cfg, args.command, args.until))
     return 0
 
 
 def add_build(sub: argparse._SubParsersAction) -> None:
+    from model_export.config import BuildStage
+
     p = sub.add_parser("build", help="the whole job from one TOML config: base -> train -> ONNX -> checks -> bundle")
     p.add_argument("config", help="TOML build config (see configs/korquad-e5-small.toml)")
     p.add_argument(
@@ -208,6 +210,13 @@ def add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", default=None, help="override work_dir (intermediate files)")
     p.add_argument("--bundle-dir", default=None, help="override bundle_dir (the output bundle)")
     p.add_argument("--fresh", action="store_true", help="delete work_dir first instead of reusing base and training")
+    p.add_argument(
+        "--until",
+        choices=get_args(BuildStage),
+        default=None,
+        help="stop after this stage, before the test split is read, and print what it wrote (calibrate: "
+        "work_dir/calibrate/calibration.json); the same command without --until goes on from there",
+    )
     p.set_defaults(func=cmd_build)
 
 

@@ -156,6 +156,10 @@ class EvaluateSection(_Section):
     threads: int | None = Field(None, ge=1)
 
 
+# `build --until`: the stages after which a build can stop, in order; each comes before the test split is read
+BuildStage = Literal["train", "calibrate", "export"]
+
+
 class BuildConfig(_Section):
     """configs/*.toml. Relative paths are relative to the working directory."""
 

@@ -23,7 +23,7 @@ from app.engine.hardware import cpu_name
 from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id
 from app.settings import cpu_quota
 from model_export.bundle import BUNDLE_FILE_NAMES, training_record, write_bundle
-from model_export.config import BuildConfig, ExportSection
+from model_export.config import BuildConfig, BuildStage, ExportSection
 from model_export.data import Example, load_examples
 from model_export.export import ExportError
 
@@ -210,6 +210,9 @@ def calibrate_stage(cfg: BuildConfig, base_dir: Path, model_dir: Path, trim: Seq
     record, _ = fit_from_logits(parts, cfg.data.file, tokenizer, cfg.windows, trim, c.margin)
     record["logits"] = c.logits
     log.info("calibration: %s", record)
+    # read before the build goes on, e.g. to choose calibrate.margin from the cross-fitted figures (model card)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "calibration.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
 
 
@@ -465,8 +468,10 @@ def set_scores(bundle_dir: Path, scores: Sequence[Score | dict[str, Any]]) -> Ma
 # ---------------------------------------------------------------- build: base encoder -> bundle, from a config
 
 
-def build(cfg: BuildConfig, command: str) -> Path:
-    """import -> train -> prune -> calibrate -> export -> quantize -> validate -> evaluate each variant -> bundle."""
+def build(cfg: BuildConfig, command: str, until: BuildStage | None = None) -> Path:
+    """import -> train -> prune -> calibrate -> export -> quantize -> validate -> evaluate each variant -> bundle.
+
+    `until` stops after that stage and returns what it wrote; the same call without it goes on from there."""
     work = Path(cfg.work_dir)
     exp = cfg.export
     base_dir = work / "base"
@@ -478,6 +483,8 @@ def build(cfg: BuildConfig, command: str) -> Path:
         import_stage(base_dir, b.kind, b.variant, Path(b.path) if b.path else None)
 
     model_dir = train_stage(cfg, base_dir)
+    if until == "train":
+        return stopped(until, model_dir)
     train_examples = load_examples(cfg.data.file, cfg.data.train_articles)
     prune_report: dict[str, Any] = {}
     if cfg.prune.enabled:
@@ -486,8 +493,12 @@ def build(cfg: BuildConfig, command: str) -> Path:
     # the calibration models are the other long training runs: they come before the minutes of export and
     # quantization, so that a build interrupted across sittings resumes training without redoing those first
     calibration = calibrate_stage(cfg, base_dir, model_dir, trim) if cfg.calibrate.enabled else None
+    if until == "calibrate":
+        return stopped(until, work / "calibrate" / "calibration.json" if calibration is not None else model_dir)
 
     made, info, report = serving_files_stage(cfg, model_dir, work / "onnx", exp.variants, train_examples)
+    if until == "export":
+        return stopped(until, work / "onnx")
     common = bundle_fields(cfg, model_dir, info, report, command)
     manifest_extra: dict[str, Any] = {
         "trim_suffixes": trim,
@@ -546,6 +557,11 @@ def build(cfg: BuildConfig, command: str) -> Path:
     if cfg.calibrate.enabled:
         calibration_test_stage(bundle, cfg.data.file, cfg.data.test_articles, work / "calibration-test")
     return bundle
+
+
+def stopped(stage: BuildStage, out: Path) -> Path:
+    log.info("stopped after %s as asked (--until): the test split was not read; run without --until to go on", stage)
+    return out
 
 
 def bundle_fields(

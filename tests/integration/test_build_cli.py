@@ -138,6 +138,35 @@ def test_build_tiny_smoke_end_to_end(tmp_path: Path) -> None:
         assert client.get("/v1/models").json()["data"][0]["precision"] == "int8"
 
 
+def test_build_until_stops_before_the_test_split_and_goes_on_from_there(tmp_path: Path) -> None:
+    """A choice made on training articles (calibrate.margin, from the cross-fitted figures) must come before the
+    test split is read: --until stops there, and the same command goes on without redoing the training."""
+    if not KORQUAD_DEV.is_file():
+        pytest.skip(f"{KORQUAD_DEV} not found")
+    base = build_tiny_hf_model(tmp_path / "base")
+    work, bundle = tmp_path / "work", tmp_path / "bundle"
+    config = str(ROOT / "configs" / "tiny-smoke.toml")
+    sets = [f"base.path={base}", f"data.file={KORQUAD_DEV}", "calibrate.enabled=true"]
+    build = ["build", config, "--work-dir", str(work), "--bundle-dir", str(bundle), *(f"--set={s}" for s in sets)]
+
+    r = run_cli(*build, "--until", "calibrate")
+    assert r.returncode == 0, r.stderr[-3000:]
+    record_file = Path(r.stdout.strip().splitlines()[-1])
+    assert record_file == work / "calibrate" / "calibration.json"
+    record = json.loads(record_file.read_text())
+    assert "100:112" in str(record["fitted_on"]) and len(record["score_calibration"]) == 2
+    assert "stopped after calibrate" in r.stderr
+    assert not (work / "onnx").exists() and not bundle.exists()
+    assert not list(work.glob("eval-*")) and not (work / "calibration-test").exists()  # what reads the test split
+
+    r = run_cli(*build, "--until", "export")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert Path(r.stdout.strip().splitlines()[-1]) == work / "onnx"
+    assert "train: reusing finished" in r.stderr and "calibrate: reusing" in r.stderr
+    assert (work / "onnx" / "model.int8.onnx").is_file() and not bundle.exists()
+    assert not list(work.glob("eval-*")) and not (work / "calibration-test").exists()  # what reads the test split
+
+
 def test_build_fails_when_bundle_exceeds_budget(tmp_path: Path) -> None:
     if not KORQUAD_DEV.is_file():
         pytest.skip(f"{KORQUAD_DEV} not found")
