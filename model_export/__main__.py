@@ -271,6 +271,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             eval_max_examples=args.eval_max_examples,
             eval_threads=args.threads,
             trim_suffixes=args.trim_suffixes,
+            calibrate_data=Path(args.calibrate_data) if args.calibrate_data else None,
+            calibrate_articles=args.calibrate_articles,
+            calibrate_margin=args.calibrate_margin,
             local_files_only=args.offline,
             command=args.command,
         )
@@ -321,6 +324,18 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--languages", nargs="*", default=[], help="languages to list in /v1/models, e.g. ko en")
     p.add_argument(
         "--trim-suffixes", nargs="*", default=[], help="suffixes cut from answer ends (e.g. Korean particles)"
+    )
+    p.add_argument(
+        "--calibrate-data",
+        default=None,
+        help="SQuAD-format JSON of questions the model never trained on: fit the score calibration (a score of 0.8 "
+        "right 80%% of the time) and the null threshold (allow_no_answer) on them and record both in the manifest",
+    )
+    p.add_argument(
+        "--calibrate-articles", default=None, help="article range of --calibrate-data, e.g. 100:112 (default all)"
+    )
+    p.add_argument(
+        "--calibrate-margin", action="store_true", help="calibration also weighs the null margin (model card)"
     )
     p.add_argument("--eval-data", default=None, help="SQuAD-format JSON: score every variant and record the scores")
     p.add_argument("--eval-articles", default=None, help="article range of --eval-data, e.g. 112:140 (default all)")

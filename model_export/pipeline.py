@@ -731,13 +731,17 @@ def bundle_checkpoint(
     eval_max_examples: int | None = None,
     eval_threads: int | None = None,
     trim_suffixes: Sequence[str] = (),
+    calibrate_data: Path | None = None,
+    calibrate_articles: str | None = None,
+    calibrate_margin: bool = False,
     local_files_only: bool = False,
     command: str | None = None,
 ) -> Path:
     """A fine-tuned QA checkpoint (local dir or hub id) -> a bundle the service loads as it is.
 
     Export (optimum) -> fusions -> fp16 / int8 -> validate every variant against PyTorch -> bundle
-    [-> score each variant with the service's engine]. Raises ExportError or ValidationFailed with what to do.
+    [-> score calibration and null threshold on held-out questions] [-> score each variant with the service's
+    engine]. Raises ExportError or ValidationFailed with what to do.
     """
     from model_export.export import load_qa_model
 
@@ -748,6 +752,8 @@ def bundle_checkpoint(
         raise ExportError(f"variants {list(variants)}: choose from {list(VARIANTS)}")
     exp = (export or ExportSection()).model_copy(update={"variants": list(variants), "bundle_variants": None})
 
+    # a flag error must stop the command before minutes of export, not after
+    held_out = held_out_examples(calibrate_data, calibrate_articles) if calibrate_data is not None else None
     model = load_qa_model(source, local_files_only=local_files_only)
     tokenizer = load_fast_tokenizer(source, local_files_only=local_files_only)
     local = Path(source) if Path(source).is_dir() else None
@@ -792,6 +798,8 @@ def bundle_checkpoint(
         },
         runtimes=variant_runtimes(exp),
     )
+    if calibrate_data is not None and held_out is not None:
+        calibrate_bundle(bundle, calibrate_data, held_out, work / "calibrate", calibrate_margin, eval_threads)
     if eval_data is not None:
         examples = load_examples(str(eval_data), eval_articles)
         if eval_max_examples:
@@ -809,3 +817,51 @@ def bundle_checkpoint(
         )
         set_scores(bundle, scores)
     return bundle
+
+
+def held_out_examples(data: Path, articles: str | None) -> tuple[str, list[Example]]:
+    """(article spec, questions) of a SQuAD-format file to calibrate on; refused unless two articles or more,
+    since calibration pairs each question with another article's paragraph to learn when to abstain."""
+    try:
+        if articles is None:
+            articles = f"0:{len(json.loads(Path(data).read_text(encoding='utf-8'))['data'])}"
+        examples = load_examples(str(data), articles)
+    except (OSError, ValueError, KeyError) as e:
+        raise ExportError(f"--calibrate-data {data} articles {articles}: cannot read it as SQuAD-format: {e}") from e
+    if len({e.title for e in examples}) < 2:
+        raise ExportError(
+            f"--calibrate-data {data} articles {articles}: {len(examples)} questions from fewer than two articles; "
+            "calibration pairs each question with another article's paragraph to learn when to abstain"
+        )
+    return articles, examples
+
+
+def calibrate_bundle(
+    bundle_dir: Path,
+    data: Path,
+    held_out: tuple[str, list[Example]],
+    work: Path,
+    margin: bool = False,
+    threads: int | None = None,
+) -> Manifest:
+    """Fit a bundle's score calibration and null threshold on questions its model never saw (`held_out_examples`),
+    through the file the service picks on this machine, and record them in the manifest (no file changes, so no
+    hash does). Each question runs with its own paragraph and with another article's, as for the default bundle."""
+    from tokenizers import Tokenizer
+
+    from model_export.calibrate import bundle_logits, fit_from_logits, write_dev_logits
+
+    articles, examples = held_out
+    manifest = read_manifest(bundle_dir)
+    threads = threads or cpu_quota()
+    logits = write_dev_logits(
+        lambda exs: bundle_logits(bundle_dir, exs, threads)[2], examples, work / "held_out_logits.npz"
+    )
+    tokenizer = Tokenizer.from_file(str(bundle_dir / manifest.tokenizer))
+    record, _ = fit_from_logits([(logits, articles)], str(data), tokenizer, manifest, manifest.trim_suffixes, margin)
+    log.info("calibration: %s", record)
+    fitted = {k: record[k] for k in ("score_calibration", "null_threshold")}
+    # validated again, so a map the service would refuse is refused here
+    manifest = Manifest.model_validate(manifest.model_dump(mode="json") | fitted | {"calibration": record})
+    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    return manifest

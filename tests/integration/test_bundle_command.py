@@ -117,6 +117,43 @@ def test_bundle_scores_with_eval_data(tmp_path: Path) -> None:
     assert len(predictions) == 4
 
 
+def test_bundle_calibrates_on_held_out_questions(tmp_path: Path) -> None:
+    """--calibrate-data fits the score map and the null threshold through the served file and records them in
+    the manifest, which still verifies (no file changed); the service then applies them."""
+    from model_export.data import load_examples
+
+    ckpt = build_checkpoint("bert", tmp_path / "ckpt")
+    out = tmp_path / "bundle"
+    flags = ["--variants", "int8", "--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "0:2"]
+    assert bundle(ckpt, out, *flags, "--threads", "1") == 0
+    m = verify_bundle(out)
+    record = m.calibration
+    n = len(load_examples(str(KORQUAD_DEV), "0:2"))
+    assert record["fitted_on"] == "KorQuAD_v1.0_dev.json articles 0:2" and record["fit_models"] == 1
+    assert record["n_answerable"] == record["n_cross_article"] == n
+    assert list(m.score_calibration) == record["score_calibration"] != [1.0, 0.0]
+    assert m.null_threshold == record["null_threshold"]
+    assert (tmp_path / "bundle.work" / "calibrate" / "held_out_logits.npz").is_file()
+
+    question, context = korean_pair()
+    with TestClient(create_app(Settings(model_dir=out, intra_op_threads=1))) as client:
+        wait_ready(client)
+        body = client.post("/answer", json={"question": question, "context": context, "top_k": 3}).json()
+    # a random model is never right (EM 0): the map fitted to that scores every answer at Platt's smoothed base
+    # rate, 1 / (n + 2), where its raw shares are near 0.01
+    assert record["em_f1_no_abstention"][0] == 0.0
+    assert body["answers"] and all(abs(a["score"] - 1 / (n + 2)) < 1e-3 for a in body["answers"])
+
+
+def test_calibration_needs_two_articles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = build_checkpoint("bert", tmp_path / "ckpt")
+    flags = ["--variants", "fp32", "--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "3:4"]
+    assert bundle(ckpt, tmp_path / "bundle", *flags) == 1
+    err = capsys.readouterr().err
+    assert "--calibrate-data" in err and "articles 3:4" in err and "fewer than two articles" in err
+    assert not (tmp_path / "bundle").exists()  # refused before the export, not after
+
+
 # ---------------------------------------------------------------- errors a user can act on
 
 
