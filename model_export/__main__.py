@@ -193,6 +193,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 2
     updates = {k: v for k, v in (("work_dir", args.work_dir), ("bundle_dir", args.bundle_dir)) if v}
     cfg = cfg.model_copy(update=updates)
+    if args.until == "calibrate" and not cfg.calibrate.enabled:
+        print("build: --until calibrate needs calibrate.enabled = true", file=sys.stderr)
+        return 2
     if args.fresh and Path(cfg.work_dir).exists():
         shutil.rmtree(cfg.work_dir)
     print(build(cfg, args.command, args.until))
@@ -214,8 +217,9 @@ def add_build(sub: argparse._SubParsersAction) -> None:
         "--until",
         choices=get_args(BuildStage),
         default=None,
-        help="stop after this stage, before the test split is read, and print what it wrote (calibrate: "
-        "work_dir/calibrate/calibration.json); the same command without --until goes on from there",
+        help="stop after this stage, before anything runs on the test split, and print what it wrote (train: the "
+        "model dir; calibrate: work_dir/calibrate/calibration.json); the same command without --until goes on "
+        "from there, reusing the training",
     )
     p.set_defaults(func=cmd_build)
 
@@ -227,20 +231,23 @@ example (a KorQuAD-tuned checkpoint in ./my-koelectra-qa, then serve it):
   python -m model_export bundle ./my-koelectra-qa --out models/my-qa \\
       --eval-data ../shared/data/korquad/KorQuAD_v1.0_dev.json --eval-articles 112:140
   QA_MODEL_DIR=models/my-qa make serve
+and with scores that mean what they say (calibrated on questions the model never trained on):
+  ... --calibrate-data ../shared/data/korquad/KorQuAD_v1.0_dev.json --calibrate-articles 0:112
 
 MODEL is a local directory written by save_pretrained (config.json, weights, tokenizer files) of a
 *ForQuestionAnswering model, or a hub id where the hub can be reached. Window settings default to the
 checkpoint's training.json if it has one, else max_seq_length min(384, the model's positions),
 doc_stride min(128, max_seq_length/3), max_query_length min(64, max_seq_length/4).
-Exit status: 0 bundle written; 1 the checkpoint cannot be bundled or a variant failed validation (the message
-says why and what to do); 2 bad flags.
+Exit status: 0 bundle written; 1 the checkpoint cannot be bundled, a variant failed validation or the
+calibration failed (the message says why and what to do); 2 bad flags, or a --calibrate-data file or range
+that cannot calibrate.
 """
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     from model_export.config import ExportSection
     from model_export.export import ExportError
-    from model_export.pipeline import bundle_checkpoint
+    from model_export.pipeline import bundle_checkpoint, calibration_data
     from model_export.validate import ValidationFailed
 
     try:
@@ -248,6 +255,14 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             variants=args.variants, int8_method=args.int8_method, opset=args.opset, max_bundle_mb=args.max_bundle_mb
         )
         tolerances = json.loads(args.tolerances) if args.tolerances else None
+        if args.calibrate_data is None and (args.calibrate_articles or args.calibrate_margin):
+            raise ValueError("--calibrate-articles and --calibrate-margin need --calibrate-data")
+        # read now: a bad file or range must stop the command before minutes of export, not after
+        calibration = (
+            calibration_data(Path(args.calibrate_data), args.calibrate_articles, args.calibrate_margin)
+            if args.calibrate_data
+            else None
+        )
     except ValueError as e:
         print(f"bundle: invalid flags: {e}", file=sys.stderr)
         return 2
@@ -271,9 +286,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             eval_max_examples=args.eval_max_examples,
             eval_threads=args.threads,
             trim_suffixes=args.trim_suffixes,
-            calibrate_data=Path(args.calibrate_data) if args.calibrate_data else None,
-            calibrate_articles=args.calibrate_articles,
-            calibrate_margin=args.calibrate_margin,
+            calibration=calibration,
             local_files_only=args.offline,
             command=args.command,
         )
@@ -298,7 +311,7 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
         help="a fine-tuned Hugging Face QA checkpoint -> a bundle the service loads as it is",
         description="Export (optimum, task question-answering) -> ONNX Runtime fusions -> int8 (CPU) and fp16 "
         "(CUDA) -> validate every variant against PyTorch -> bundle with manifest, hashes and the command "
-        "[-> scores with --eval-data].",
+        "[-> score calibration and null threshold with --calibrate-data] [-> scores with --eval-data].",
         epilog=BUNDLE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -329,18 +342,25 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
         "--calibrate-data",
         default=None,
         help="SQuAD-format JSON of questions the model never trained on: fit the score calibration (a score of 0.8 "
-        "right 80%% of the time) and the null threshold (allow_no_answer) on them and record both in the manifest",
+        "right 80%% of the time, by KorQuAD exact match) and the null threshold (allow_no_answer) on its "
+        "answerable questions, through the file the service picks on this CPU, and record both in the manifest",
     )
     p.add_argument(
-        "--calibrate-articles", default=None, help="article range of --calibrate-data, e.g. 100:112 (default all)"
+        "--calibrate-articles",
+        default=None,
+        help="article range of --calibrate-data, two articles at least, e.g. 100:112 (default all)",
     )
     p.add_argument(
-        "--calibrate-margin", action="store_true", help="calibration also weighs the null margin (model card)"
+        "--calibrate-margin",
+        action="store_true",
+        help="the score map also weighs the null margin, c * (null logit - span logit) with c <= 0",
     )
     p.add_argument("--eval-data", default=None, help="SQuAD-format JSON: score every variant and record the scores")
     p.add_argument("--eval-articles", default=None, help="article range of --eval-data, e.g. 112:140 (default all)")
     p.add_argument("--eval-max-examples", type=int, default=None, help="score only the first N questions")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for scoring (default: the CPU quota)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for calibration and scoring (default: the CPU quota)"
+    )
     p.add_argument("--max-bundle-mb", type=float, default=None, help="fail rather than write a larger bundle")
     p.add_argument("--offline", action="store_true", help="never contact the hub (local files only)")
     p.set_defaults(func=cmd_bundle)

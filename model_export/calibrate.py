@@ -114,6 +114,12 @@ def write_dev_logits(logits_of: LogitsOf, examples: Sequence[Example], path: Pat
     return path
 
 
+def calibration_questions(data: str, articles: str) -> list[Example]:
+    """The questions of `articles` that calibration runs: the answerable ones. A SQuAD 2.0 question without an
+    answer would count as a wrong answer, where it is a null answer's right one."""
+    return [e for e in load_examples(data, articles) if e.answers]
+
+
 def fit_from_logits(
     parts: Sequence[tuple[Path, str]],
     data: str,
@@ -127,7 +133,7 @@ def fit_from_logits(
     own_per_part: list[list[Outcome]] = []
     neg: list[Outcome] = []
     for logits, articles in parts:
-        dev = load_examples(data, articles)
+        dev = calibration_questions(data, articles)
         cross = cross_article_pairs(dev, random.Random(0))
         with np.load(logits) as z:
             ids_own, own_logits = load_logits(z, "own/")
@@ -367,18 +373,29 @@ def reliability_plot(own: Sequence[Outcome], calibration: Calibration, path: Pat
     plt.close(fig)
 
 
+def served_file(bundle_dir: Path, m: Any) -> dict[str, str]:
+    """The file and runtime the CPU service picks for a bundle on this machine, and why: what calibration and
+    the test figures run through."""
+    from app.engine.hardware import cpu_flags, pick_runtime, pick_variant
+    from app.engine.runtime import openvino_version
+
+    variant = pick_variant(m.variants, "auto", False, cpu_flags())
+    file = m.variants[variant.name]
+    runtime = pick_runtime(m.files[file].runtime, "auto", False, openvino_version())
+    return {"file": file, "runtime": runtime.name, "why": f"{variant.reason}; {runtime.reason}"}
+
+
 def bundle_logits(bundle_dir: Path, examples: Sequence[Example], threads: int = 2) -> tuple[Any, list, list]:
     """The shipped ONNX file's per-window logits, one window per call as the CPU service runs them."""
     from tokenizers import Tokenizer
 
     from app.engine.bundle import read_manifest
-    from app.engine.hardware import cpu_flags, pick_runtime, pick_variant
-    from app.engine.runtime import open_runtime, openvino_version
+    from app.engine.runtime import open_runtime
     from app.engine.windows import pad_batch, pad_token_id
 
     m = read_manifest(bundle_dir)
-    file = m.variants[pick_variant(m.variants, "auto", False, cpu_flags()).name]
-    runtime = pick_runtime(m.files[file].runtime, "auto", False, openvino_version()).name
+    served = served_file(bundle_dir, m)
+    file, runtime = served["file"], served["runtime"]
     rt = open_runtime(bundle_dir / file, m.input_names, m.output_names, runtime, "cpu", threads)
     tok = Tokenizer.from_file(str(bundle_dir / m.tokenizer))
     pad = pad_token_id(tok)

@@ -156,8 +156,9 @@ class EvaluateSection(_Section):
     threads: int | None = Field(None, ge=1)
 
 
-# `build --until`: the stages after which a build can stop, in order; each comes before the test split is read
-BuildStage = Literal["train", "calibrate", "export"]
+# `build --until`: the stages after which a build can stop, in order: the long training runs, before anything
+# runs on the test split
+BuildStage = Literal["train", "calibrate"]
 
 
 class BuildConfig(_Section):

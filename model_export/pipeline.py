@@ -13,10 +13,12 @@ import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from pydantic import ValidationError
 
 from app.engine.bundle import MANIFEST, Manifest, RuntimeName, Score, read_manifest
 from app.engine.hardware import cpu_name
@@ -242,7 +244,7 @@ def held_out_logits(
     `calibrate.logits = "served"`: through the file the build would ship for that model (fold_dir/served, see
     `served_bundle`), into served_logits.npz; "checkpoint": through PyTorch, into dev_logits.npz.
     """
-    from model_export.calibrate import bundle_logits, checkpoint_logits, write_dev_logits
+    from model_export.calibrate import bundle_logits, calibration_questions, checkpoint_logits, write_dev_logits
 
     served = cfg.calibrate.logits == "served"
     logits = fold_dir / ("served_logits.npz" if served else "dev_logits.npz")
@@ -256,7 +258,7 @@ def held_out_logits(
             fold_dir,
         )
     fit_model = train_recipe(cfg, base_dir, fit_articles, fold_dir / "train")
-    dev = load_examples(cfg.data.file, dev_articles)
+    dev = calibration_questions(cfg.data.file, dev_articles)
     if not served:
         return write_dev_logits(lambda exs: checkpoint_logits(fit_model, exs, cfg.windows), dev, logits)
     fit = load_examples(cfg.data.file, fit_articles)
@@ -484,7 +486,7 @@ def build(cfg: BuildConfig, command: str, until: BuildStage | None = None) -> Pa
 
     model_dir = train_stage(cfg, base_dir)
     if until == "train":
-        return stopped(until, model_dir)
+        return stop_after(until, model_dir)
     train_examples = load_examples(cfg.data.file, cfg.data.train_articles)
     prune_report: dict[str, Any] = {}
     if cfg.prune.enabled:
@@ -494,11 +496,9 @@ def build(cfg: BuildConfig, command: str, until: BuildStage | None = None) -> Pa
     # quantization, so that a build interrupted across sittings resumes training without redoing those first
     calibration = calibrate_stage(cfg, base_dir, model_dir, trim) if cfg.calibrate.enabled else None
     if until == "calibrate":
-        return stopped(until, work / "calibrate" / "calibration.json" if calibration is not None else model_dir)
+        return stop_after(until, work / "calibrate" / "calibration.json")
 
     made, info, report = serving_files_stage(cfg, model_dir, work / "onnx", exp.variants, train_examples)
-    if until == "export":
-        return stopped(until, work / "onnx")
     common = bundle_fields(cfg, model_dir, info, report, command)
     manifest_extra: dict[str, Any] = {
         "trim_suffixes": trim,
@@ -559,8 +559,11 @@ def build(cfg: BuildConfig, command: str, until: BuildStage | None = None) -> Pa
     return bundle
 
 
-def stopped(stage: BuildStage, out: Path) -> Path:
-    log.info("stopped after %s as asked (--until): the test split was not read; run without --until to go on", stage)
+def stop_after(stage: BuildStage, out: Path) -> Path:
+    log.info(
+        "stopped after %s as asked (--until), before anything ran on the test split; without it, the build goes on",
+        stage,
+    )
     return out
 
 
@@ -731,9 +734,7 @@ def bundle_checkpoint(
     eval_max_examples: int | None = None,
     eval_threads: int | None = None,
     trim_suffixes: Sequence[str] = (),
-    calibrate_data: Path | None = None,
-    calibrate_articles: str | None = None,
-    calibrate_margin: bool = False,
+    calibration: CalibrationData | None = None,
     local_files_only: bool = False,
     command: str | None = None,
 ) -> Path:
@@ -752,8 +753,6 @@ def bundle_checkpoint(
         raise ExportError(f"variants {list(variants)}: choose from {list(VARIANTS)}")
     exp = (export or ExportSection()).model_copy(update={"variants": list(variants), "bundle_variants": None})
 
-    # a flag error must stop the command before minutes of export, not after
-    held_out = held_out_examples(calibrate_data, calibrate_articles) if calibrate_data is not None else None
     model = load_qa_model(source, local_files_only=local_files_only)
     tokenizer = load_fast_tokenizer(source, local_files_only=local_files_only)
     local = Path(source) if Path(source).is_dir() else None
@@ -772,8 +771,16 @@ def bundle_checkpoint(
     files, info, report = export_and_validate(
         source, model, backend, work / "onnx", variants, exp, win, SAMPLE_PAIRS, None, tolerances
     )
-    bundle = write_bundle(
-        out_dir,
+    extra: dict[str, Any] = {
+        "trim_suffixes": list(trim_suffixes),
+        "int8_method": int8_description(exp) if "int8" in variants else None,
+        "model_type": info["model_type"],
+        "tokenizer_class": type(tokenizer).__name__,
+        "exporter": info.get("exporter"),
+        "fused_operators": info.get("fused_operators", {}),
+    }
+    write = partial(
+        write_bundle,
         onnx_files=files,
         tokenizer=tok_path,
         name=name or (local.resolve().name if local is not None else str(source).replace("/", "--")),
@@ -788,18 +795,13 @@ def bundle_checkpoint(
         training=training,
         command=command if command is not None else command_line(),
         max_bytes=int(exp.max_bundle_mb * 2**20) if exp.max_bundle_mb else None,
-        extra={
-            "trim_suffixes": list(trim_suffixes),
-            "int8_method": int8_description(exp) if "int8" in variants else None,
-            "model_type": info["model_type"],
-            "tokenizer_class": type(tokenizer).__name__,
-            "exporter": info.get("exporter"),
-            "fused_operators": info.get("fused_operators", {}),
-        },
         runtimes=variant_runtimes(exp),
     )
-    if calibrate_data is not None and held_out is not None:
-        calibrate_bundle(bundle, calibrate_data, held_out, work / "calibrate", calibrate_margin, eval_threads)
+    if calibration is not None:
+        # fitted on a staged copy, so that a calibration that fails or is stopped leaves no uncalibrated bundle
+        staged = write(work / "staged", extra=extra)
+        extra |= calibrate_bundle(staged, calibration, work / "calibrate", eval_threads)
+    bundle = write(out_dir, extra=extra)
     if eval_data is not None:
         examples = load_examples(str(eval_data), eval_articles)
         if eval_max_examples:
@@ -819,49 +821,61 @@ def bundle_checkpoint(
     return bundle
 
 
-def held_out_examples(data: Path, articles: str | None) -> tuple[str, list[Example]]:
-    """(article spec, questions) of a SQuAD-format file to calibrate on; refused unless two articles or more,
-    since calibration pairs each question with another article's paragraph to learn when to abstain."""
+class CalibrationData(NamedTuple):
+    """Questions a model never trained on, to fit its score calibration and null threshold on."""
+
+    data: Path
+    articles: str
+    examples: list[Example]
+    margin: bool = False
+
+
+def calibration_data(data: Path, articles: str | None, margin: bool = False) -> CalibrationData:
+    """The answerable questions of `articles` of a SQuAD-format file; ValueError, saying why, when they cannot
+    calibrate: calibration pairs each question with another article's paragraph, so two articles are needed."""
+    from model_export.calibrate import calibration_questions
+
     try:
         if articles is None:
             articles = f"0:{len(json.loads(Path(data).read_text(encoding='utf-8'))['data'])}"
-        examples = load_examples(str(data), articles)
-    except (OSError, ValueError, KeyError) as e:
-        raise ExportError(f"--calibrate-data {data} articles {articles}: cannot read it as SQuAD-format: {e}") from e
+        examples = calibration_questions(str(data), articles)
+    except (OSError, ValueError, LookupError, TypeError) as e:
+        where = f"--calibrate-data {data} articles {articles or 'all'}"
+        raise ValueError(f"{where}: cannot read them as SQuAD-format JSON: {e}") from e
     if len({e.title for e in examples}) < 2:
-        raise ExportError(
-            f"--calibrate-data {data} articles {articles}: {len(examples)} questions from fewer than two articles; "
-            "calibration pairs each question with another article's paragraph to learn when to abstain"
+        raise ValueError(
+            f"--calibrate-data {data} articles {articles}: {len(examples)} answerable questions from fewer than two "
+            "articles (by title); calibration pairs each question with another article's paragraph"
         )
-    return articles, examples
+    return CalibrationData(Path(data), articles, examples, margin)
 
 
 def calibrate_bundle(
-    bundle_dir: Path,
-    data: Path,
-    held_out: tuple[str, list[Example]],
-    work: Path,
-    margin: bool = False,
-    threads: int | None = None,
-) -> Manifest:
-    """Fit a bundle's score calibration and null threshold on questions its model never saw (`held_out_examples`),
-    through the file the service picks on this machine, and record them in the manifest (no file changes, so no
-    hash does). Each question runs with its own paragraph and with another article's, as for the default bundle."""
+    bundle_dir: Path, held_out: CalibrationData, work: Path, threads: int | None = None
+) -> dict[str, Any]:
+    """A bundle's score calibration and null threshold, fitted on questions its model never saw through the file
+    the service picks on this machine's CPU, as manifest fields. Each question runs with its own paragraph and
+    with another article's, as for the default bundle (`calibrate_stage`)."""
     from tokenizers import Tokenizer
 
-    from model_export.calibrate import bundle_logits, fit_from_logits, write_dev_logits
+    from model_export.calibrate import bundle_logits, fit_from_logits, served_file, write_dev_logits
 
-    articles, examples = held_out
     manifest = read_manifest(bundle_dir)
     threads = threads or cpu_quota()
     logits = write_dev_logits(
-        lambda exs: bundle_logits(bundle_dir, exs, threads)[2], examples, work / "held_out_logits.npz"
+        lambda exs: bundle_logits(bundle_dir, exs, threads)[2], held_out.examples, work / "held_out_logits.npz"
     )
     tokenizer = Tokenizer.from_file(str(bundle_dir / manifest.tokenizer))
-    record, _ = fit_from_logits([(logits, articles)], str(data), tokenizer, manifest, manifest.trim_suffixes, margin)
+    record, _ = fit_from_logits(
+        [(logits, held_out.articles)], str(held_out.data), tokenizer, manifest, manifest.trim_suffixes, held_out.margin
+    )
+    record["served_by"] = served_file(bundle_dir, manifest)
     log.info("calibration: %s", record)
-    fitted = {k: record[k] for k in ("score_calibration", "null_threshold")}
-    # validated again, so a map the service would refuse is refused here
-    manifest = Manifest.model_validate(manifest.model_dump(mode="json") | fitted | {"calibration": record})
-    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-    return manifest
+    fitted = {"score_calibration": record["score_calibration"], "null_threshold": record["null_threshold"]}
+    if not all(np.isfinite([*fitted["score_calibration"], fitted["null_threshold"]])):
+        raise ExportError(f"calibration failed: {fitted} is not finite; does the model answer at all? {record}")
+    try:
+        Manifest.model_validate(manifest.model_dump(mode="json") | fitted)  # what the service would refuse
+    except ValidationError as e:
+        raise ExportError(f"calibration failed: {e}") from e
+    return fitted | {"calibration": record}

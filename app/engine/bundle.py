@@ -55,7 +55,7 @@ class Manifest(BaseModel):
     variants: dict[str, str]  # precision -> ONNX file name
     files: dict[str, FileEntry]
     trim_suffixes: list[str] = []  # cut from span ends at decoding; learned on the training split
-    # fitted on held-out training articles (model_export calibrate); the defaults change nothing
+    # fitted on held-out articles (model_export build, or bundle --calibrate-data); the defaults change nothing
     # Platt (a, b) on the log-odds of a span's share, and optionally c on the null margin (app.engine.spans)
     score_calibration: tuple[float, float] | tuple[float, float, float] = (1.0, 0.0)
     null_threshold: float = 0.0

@@ -117,6 +117,8 @@ def test_build_tiny_smoke_end_to_end(tmp_path: Path) -> None:
     assert m.model_extra["int8_method"] == "weight-only"  # type: ignore[index]
     cal = m.calibration
     assert "100:112" in str(cal["fitted_on"]) and cal["fit_models"] == 1
+    # the record `--until calibrate` leaves to choose by is the one the bundle carries
+    assert json.loads((tmp_path / "work" / "calibrate" / "calibration.json").read_text()) == cal
     assert (list(m.score_calibration), m.null_threshold) == (cal["score_calibration"], cal["null_threshold"])
 
     # the service loads what the build wrote, as it is, and answers from it
@@ -139,32 +141,35 @@ def test_build_tiny_smoke_end_to_end(tmp_path: Path) -> None:
 
 
 def test_build_until_stops_before_the_test_split_and_goes_on_from_there(tmp_path: Path) -> None:
-    """A choice made on training articles (calibrate.margin, from the cross-fitted figures) must come before the
-    test split is read: --until stops there, and the same command goes on without redoing the training."""
+    """A choice made on training articles (calibrate.margin, from the cross-fitted figures) must come before
+    anything runs on the test split: --until stops there, and the same command goes on without retraining."""
     if not KORQUAD_DEV.is_file():
         pytest.skip(f"{KORQUAD_DEV} not found")
     base = build_tiny_hf_model(tmp_path / "base")
     work, bundle = tmp_path / "work", tmp_path / "bundle"
     config = str(ROOT / "configs" / "tiny-smoke.toml")
-    sets = [f"base.path={base}", f"data.file={KORQUAD_DEV}", "calibrate.enabled=true"]
+    sets = [f"base.path={base}", f"data.file={KORQUAD_DEV}"]
     build = ["build", config, "--work-dir", str(work), "--bundle-dir", str(bundle), *(f"--set={s}" for s in sets)]
 
     r = run_cli(*build, "--until", "calibrate")
+    assert r.returncode == 2 and "--until calibrate needs calibrate.enabled = true" in r.stderr
+    assert not work.exists()
+
+    r = run_cli(*build, "--until", "train")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert (Path(r.stdout.strip().splitlines()[-1]) / "config.json").is_file()  # the trained model
+    assert "stopped after train" in r.stderr and not (work / "calibrate").exists()
+
+    r = run_cli(*build, "--set=calibrate.enabled=true", "--until", "calibrate")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "train: reusing finished" in r.stderr and "stopped after calibrate" in r.stderr
     record_file = Path(r.stdout.strip().splitlines()[-1])
     assert record_file == work / "calibrate" / "calibration.json"
     record = json.loads(record_file.read_text())
     assert "100:112" in str(record["fitted_on"]) and len(record["score_calibration"]) == 2
-    assert "stopped after calibrate" in r.stderr
+    # nothing ran on the test split: no export of the shipped model, no scores, no bundle
     assert not (work / "onnx").exists() and not bundle.exists()
-    assert not list(work.glob("eval-*")) and not (work / "calibration-test").exists()  # what reads the test split
-
-    r = run_cli(*build, "--until", "export")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert Path(r.stdout.strip().splitlines()[-1]) == work / "onnx"
-    assert "train: reusing finished" in r.stderr and "calibrate: reusing" in r.stderr
-    assert (work / "onnx" / "model.int8.onnx").is_file() and not bundle.exists()
-    assert not list(work.glob("eval-*")) and not (work / "calibration-test").exists()  # what reads the test split
+    assert not list(work.glob("eval-*")) and not (work / "calibration-test").exists()
 
 
 def test_build_fails_when_bundle_exceeds_budget(tmp_path: Path) -> None:

@@ -133,6 +133,7 @@ def test_bundle_calibrates_on_held_out_questions(tmp_path: Path) -> None:
     assert record["n_answerable"] == record["n_cross_article"] == n
     assert list(m.score_calibration) == record["score_calibration"] != [1.0, 0.0]
     assert m.null_threshold == record["null_threshold"]
+    assert record["served_by"]["file"] == "model.int8.onnx"
     assert (tmp_path / "bundle.work" / "calibrate" / "held_out_logits.npz").is_file()
 
     question, context = korean_pair()
@@ -145,13 +146,23 @@ def test_bundle_calibrates_on_held_out_questions(tmp_path: Path) -> None:
     assert body["answers"] and all(abs(a["score"] - 1 / (n + 2)) < 1e-3 for a in body["answers"])
 
 
-def test_calibration_needs_two_articles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "3:4"], "fewer than two articles"),
+        (["--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "200"], "cannot read them as SQuAD-format"),
+        (["--calibrate-data", "missing.json"], "missing.json articles all: cannot read them"),
+        (["--calibrate-articles", "0:2"], "--calibrate-articles and --calibrate-margin need --calibrate-data"),
+    ],
+)
+def test_calibration_flags_that_cannot_work_are_refused_before_the_export(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = build_checkpoint("bert", tmp_path / "ckpt")
-    flags = ["--variants", "fp32", "--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "3:4"]
-    assert bundle(ckpt, tmp_path / "bundle", *flags) == 1
+    assert bundle(ckpt, tmp_path / "bundle", "--variants", "fp32", *flags) == 2
     err = capsys.readouterr().err
-    assert "--calibrate-data" in err and "articles 3:4" in err and "fewer than two articles" in err
-    assert not (tmp_path / "bundle").exists()  # refused before the export, not after
+    assert err.startswith("bundle: invalid flags:") and message in err, err
+    assert not (tmp_path / "bundle").exists() and not (tmp_path / "bundle.work").exists()
 
 
 # ---------------------------------------------------------------- errors a user can act on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from app.engine.spans import calibrated
 from model_export.calibrate import (
     Outcome,
     auroc,
+    calibration_questions,
     cross_fitted,
     ece,
     ece_floor,
@@ -171,3 +173,14 @@ def test_dev_logits_appear_whole_or_not_at_all(tmp_path: Path, monkeypatch: pyte
     with np.load(path) as z:
         assert [str(i) for i in z["own/ids"]] == ["q0", "q1", "q2"] and len(z["cross/ids"]) == 3
     assert sorted(p.name for p in path.parent.iterdir()) == ["dev_logits.npz"]  # no parts left behind
+
+
+def test_calibration_runs_only_answerable_questions(tmp_path: Path) -> None:
+    """A SQuAD 2.0 question without an answer would count as a wrong answer, where abstaining is right."""
+    qas = [
+        {"id": "a", "question": "q1", "answers": [{"text": "x", "answer_start": 0}]},
+        {"id": "b", "question": "q2", "answers": [], "is_impossible": True},
+    ]
+    data = {"data": [{"title": t, "paragraphs": [{"context": "x y", "qas": qas}]} for t in ("t1", "t2")]}
+    (tmp_path / "v2.json").write_text(json.dumps(data), encoding="utf-8")
+    assert [e.id for e in calibration_questions(str(tmp_path / "v2.json"), "0:2")] == ["a", "a"]
