@@ -22,8 +22,8 @@ class ValidationFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Tolerance:
-    atol: float  # max |onnx - torch| over the logits of real (unpadded) tokens
-    min_argmax_agreement: float  # share of (window, start|end) whose argmax over real tokens is the same
+    atol: float  # max |onnx - torch| over the logits decoding reads: [CLS] and the context's tokens
+    min_argmax_agreement: float  # share of (window, start|end) whose argmax over those positions is the same
 
 
 # fp32 differs from PyTorch only by kernel summation order. fp16 and int8 move logits by amounts that
@@ -32,6 +32,9 @@ class Tolerance:
 # run, 38 windows of 384 from articles 0-111): fp32 max 1.2e-5; fp16 max 0.0096, agreement 0.97;
 # int8 per-channel max 1.63, agreement 0.72 (per-tensor 0.55). These bounds catch a broken graph; the
 # accuracy cost of int8 is judged by the test-split EM/F1 the build records per variant.
+# Only [CLS] and context positions count: on a fully trained model int8 moved the logits of two question or
+# separator tokens, which no span can start or end on, by 4.3 and 4.7 (fold 1 model, static int8, sample
+# pairs), while the context's stayed within 1.5 and [CLS]'s within 0.14.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, min_argmax_agreement=0.99),
     "fp16": Tolerance(atol=0.1, min_argmax_agreement=0.9),
@@ -65,21 +68,40 @@ def validation_windows(
     return windows[:limit]
 
 
-def make_batches(windows: list[Window], pad_id: int) -> list[dict[str, np.ndarray]]:
-    """Batches of several sizes, each padded inside (unequal windows), exercising both dynamic axes."""
+def batch_groups(windows: list[Window]) -> list[list[int]]:
+    """Which windows go into each validation batch: several batch sizes, long and short windows alternated so
+    that every batch is padded inside, exercising both dynamic axes."""
     if len(windows) < 3:
         raise ValueError(f"need at least 3 validation windows, got {len(windows)}")
-    # alternate long and short windows so every batch is padded inside
     order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
     mixed = [order[i // 2] if i % 2 == 0 else order[-(i // 2) - 1] for i in range(len(order))]
     sizes = [1, 2, 5, 8]
-    batches: list[dict[str, np.ndarray]] = []
+    groups: list[list[int]] = []
     i, k = 0, 0
     while i < len(mixed):
         n = sizes[k % len(sizes)]
-        batches.append(pad_batch([windows[j] for j in mixed[i : i + n]], pad_id))
+        groups.append(mixed[i : i + n])
         i, k = i + n, k + 1
-    return batches
+    return groups
+
+
+def make_batches(windows: list[Window], pad_id: int) -> list[dict[str, np.ndarray]]:
+    """The model inputs of each `batch_groups` batch, each padded to its longest window."""
+    return [pad_batch([windows[j] for j in group], pad_id) for group in batch_groups(windows)]
+
+
+def decoded_positions(windows: list[Window]) -> list[np.ndarray]:
+    """For each `make_batches` batch, (batch, width) bool: [CLS], which scores the null answer, and the context
+    tokens, where spans lie. The rest (question, separators, padding) no answer depends on."""
+    masks = []
+    for group in batch_groups(windows):
+        chosen = [windows[j] for j in group]
+        mask = np.zeros((len(chosen), max(len(w) for w in chosen)), dtype=bool)
+        for row, w in enumerate(chosen):
+            mask[row, 0] = True
+            mask[row, w.context_start : w.context_end] = True
+        masks.append(mask)
+    return masks
 
 
 def torch_outputs(
@@ -136,12 +158,14 @@ def compare(
     ort_out: list[tuple[np.ndarray, np.ndarray]],
     ref_out: list[tuple[np.ndarray, np.ndarray]],
     batches: list[dict[str, np.ndarray]],
+    decoded: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Max/mean |diff| over real tokens, and how often start/end argmax over real tokens agree."""
+    """Max/mean |diff| over the positions decoding reads (`decoded_positions`; without them, every real token),
+    and how often start/end argmax over those positions agree."""
     diffs: list[np.ndarray] = []
     agree = total = 0
-    for (os_, oe), (rs, re_), b in zip(ort_out, ref_out, batches, strict=True):
-        real = b["attention_mask"].astype(bool)
+    masks = decoded if decoded is not None else [b["attention_mask"].astype(bool) for b in batches]
+    for (os_, oe), (rs, re_), real in zip(ort_out, ref_out, masks, strict=True):
         for o, r in ((os_, rs), (oe, re_)):
             if o.shape != r.shape:
                 raise ValidationFailed(f"output shape {o.shape}, PyTorch gives {r.shape}")
@@ -176,8 +200,10 @@ def validate_variant(
     output_names: list[str],
     tolerance: Tolerance,
     runtime: RuntimeName = "onnxruntime",
+    decoded: list[np.ndarray] | None = None,
 ) -> dict[str, object]:
-    """Structure, then values on the CPU; raises ValidationFailed with the numbers when out of tolerance."""
+    """Structure, then values on the CPU (at the `decoded` positions of each batch, else every real token);
+    raises ValidationFailed with the numbers when out of tolerance."""
     result: dict[str, object] = {"file": path.name, "precision": precision, "tolerance": asdict(tolerance)}
     result["structure"] = check_structure(path, input_names, output_names)
     shapes = [list(b["input_ids"].shape) for b in batches]
@@ -192,7 +218,7 @@ def validate_variant(
         result.update(numerically_validated=False, reason=f"CPU EP cannot run it here: {str(e)[:300]}")
         log.warning("%s: validated structurally only (%s)", path.name, result["reason"])
         return result
-    stats = compare(got, reference, batches)
+    stats = compare(got, reference, batches, decoded)
     result.update(stats, numerically_validated=True, runtime=runtime)
     problems = []
     if stats["max_abs_diff"] > tolerance.atol:
@@ -203,7 +229,7 @@ def validate_variant(
         raise ValidationFailed(
             f"{path.name} ({precision}) vs PyTorch: "
             + "; ".join(problems)
-            + f" (mean |diff| {stats['mean_abs_diff']:.3g})"
+            + f" (mean |diff| {stats['mean_abs_diff']:.3g}, argmax agreement {stats['argmax_agreement']:.3f})"
         )
     log.info(
         "%s ok: max|diff| %.3g, argmax agreement %.3f", path.name, stats["max_abs_diff"], stats["argmax_agreement"]
@@ -233,7 +259,7 @@ def validate(
     if tokenizer is None:
         tokenizer = load_tokenizer(str(model))
     windows = validation_windows(tokenizer, list(pairs or SAMPLE_PAIRS), max_seq_length, doc_stride, max_query_length)
-    batches = make_batches(windows, pad_token_id(tokenizer))
+    batches, decoded = make_batches(windows, pad_token_id(tokenizer)), decoded_positions(windows)
     reference = torch_outputs(model, batches, input_names)
     tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     variants = {
@@ -246,6 +272,7 @@ def validate(
             output_names,
             tol[precision],
             (runtimes or {}).get(precision, "onnxruntime"),
+            decoded,
         )
         for precision, path in onnx_files.items()
     }

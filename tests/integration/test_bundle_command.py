@@ -219,6 +219,7 @@ def test_validation_failure_exits_non_zero_with_the_numbers(tmp_path: Path, caps
     assert bundle(ckpt, tmp_path / "bundle", "--tolerances", tight) == 1
     err = capsys.readouterr().err
     assert "validation FAILED: model.int8.onnx (int8) vs PyTorch: max |diff|" in err and "> atol 1e-06" in err
+    assert "argmax agreement" in err
     assert "--tolerances" in err and not (tmp_path / "bundle").exists()
 
 
