@@ -31,7 +31,7 @@ def test_only_cls_and_context_positions_are_compared(tokenizer: Tokenizer) -> No
     # int8 moving a question or separator token by 5 costs no span anything
     outside = [(s + np.where(mask, 0.0, 5.0), e) for (s, e), mask in zip(ref, decoded, strict=True)]
     stats = compare(outside, ref, batches, decoded)
-    assert stats["max_abs_diff"] == 0.0 and stats["argmax_agreement"] == 1.0
+    assert stats["max_abs_diff"] == stats["mean_abs_diff"] == 0.0
 
     # the same move on a context token, or on [CLS] (the null answer), is what validation exists to catch
     for column in ("context", "cls"):
