@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shlex
 import shutil
 import sys
@@ -26,7 +27,7 @@ from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_
 from app.settings import cpu_quota
 from model_export.bundle import BUNDLE_FILE_NAMES, training_record, write_bundle
 from model_export.config import BuildConfig, BuildStage, ExportSection
-from model_export.data import Example, load_examples
+from model_export.data import Example, cross_article_pairs, load_examples
 from model_export.export import ExportError
 
 log = logging.getLogger(__name__)
@@ -835,18 +836,17 @@ def calibration_data(data: Path, articles: str | None, margin: bool = False) -> 
     calibrate: calibration pairs each question with another article's paragraph, so two articles are needed."""
     from model_export.calibrate import calibration_questions
 
+    where = f"--calibrate-data {data} articles {articles or 'all'}"
     try:
         if articles is None:
             articles = f"0:{len(json.loads(Path(data).read_text(encoding='utf-8'))['data'])}"
         examples = calibration_questions(str(data), articles)
     except (OSError, ValueError, LookupError, TypeError) as e:
-        where = f"--calibrate-data {data} articles {articles or 'all'}"
         raise ValueError(f"{where}: cannot read them as SQuAD-format JSON: {e}") from e
-    if len({e.title for e in examples}) < 2:
-        raise ValueError(
-            f"--calibrate-data {data} articles {articles}: {len(examples)} answerable questions from fewer than two "
-            "articles (by title); calibration pairs each question with another article's paragraph"
-        )
+    try:
+        cross_article_pairs(examples, random.Random(0))  # what calibration will build from them
+    except ValueError as e:
+        raise ValueError(f"{where}: {len(examples)} answerable questions from fewer than two articles: {e}") from e
     return CalibrationData(Path(data), articles, examples, margin)
 
 
