@@ -96,6 +96,14 @@ def write_bundle(
     return out_dir
 
 
+def rewrite_manifest(bundle_dir: Path, manifest: Manifest) -> None:
+    """Replace a written bundle's manifest whole: a build killed mid-write must not leave a truncated one, which
+    the service would refuse to load."""
+    tmp = bundle_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    tmp.replace(bundle_dir / MANIFEST)
+
+
 def training_record(model_dir: Path) -> dict[str, object]:
     """training.json written by model_export.train, if the checkpoint has one."""
     path = Path(model_dir) / "training.json"

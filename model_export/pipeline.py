@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import FiniteFloat, TypeAdapter, ValidationError
 
-from app.engine.bundle import MANIFEST, Manifest, RuntimeName, Score, read_manifest
+from app.engine.bundle import MANIFEST, Manifest, RuntimeName, Score, ScoreCalibration, read_manifest
 from app.engine.hardware import cpu_name
 from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id
 from app.settings import cpu_quota
-from model_export.bundle import BUNDLE_FILE_NAMES, training_record, write_bundle
+from model_export.bundle import BUNDLE_FILE_NAMES, rewrite_manifest, training_record, write_bundle
 from model_export.config import BuildConfig, BuildStage, ExportSection
 from model_export.data import Example, cross_article_pairs, load_examples
 from model_export.export import ExportError
@@ -213,6 +213,7 @@ def calibrate_stage(cfg: BuildConfig, base_dir: Path, model_dir: Path, trim: Seq
     record, _ = fit_from_logits(parts, cfg.data.file, tokenizer, cfg.windows, trim, c.margin)
     record["logits"] = c.logits
     log.info("calibration: %s", record)
+    calibration_fields(record)  # refused here, not after the export's minutes
     # read before the build goes on, e.g. to choose calibrate.margin from the cross-fitted figures (model card)
     work.mkdir(parents=True, exist_ok=True)
     (work / "calibration.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
@@ -464,7 +465,7 @@ def set_scores(bundle_dir: Path, scores: Sequence[Score | dict[str, Any]]) -> Ma
     """Record scores in a written bundle's manifest (scores are not files, so no hash changes)."""
     manifest = read_manifest(bundle_dir)
     manifest.scores = [s if isinstance(s, Score) else Score.model_validate(s) for s in scores]
-    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    rewrite_manifest(bundle_dir, manifest)
     return manifest
 
 
@@ -507,11 +508,7 @@ def build(cfg: BuildConfig, command: str, until: BuildStage | None = None) -> Pa
         "int8_method": int8_description(exp),
     }
     if calibration is not None:
-        manifest_extra |= {
-            "score_calibration": calibration["score_calibration"],
-            "null_threshold": calibration["null_threshold"],
-            "calibration": calibration,
-        }
+        manifest_extra |= calibration_fields(calibration)
     # every variant is scored from a bundle, the same files and code path the service will use
     staged = write_bundle(
         work / "bundle-all", onnx_files={v: made[v] for v in exp.variants}, extra=manifest_extra, **common
@@ -598,7 +595,7 @@ def calibration_test_stage(bundle: Path, data: str, articles: str, out: Path) ->
     manifest = read_manifest(bundle)
     extra = manifest.model_extra or {}
     extra["calibration_test"] = result
-    (bundle / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    rewrite_manifest(bundle, manifest)
     return result
 
 
@@ -871,11 +868,17 @@ def calibrate_bundle(
     )
     record["served_by"] = served_file(bundle_dir, manifest)
     log.info("calibration: %s", record)
-    fitted = {"score_calibration": record["score_calibration"], "null_threshold": record["null_threshold"]}
-    if not all(np.isfinite([*fitted["score_calibration"], fitted["null_threshold"]])):
-        raise ExportError(f"calibration failed: {fitted} is not finite; does the model answer at all? {record}")
+    return calibration_fields(record)
+
+
+def calibration_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The manifest fields a fitted calibration record sets. Raises ExportError on a fit the manifest would
+    refuse: not finite (a model that never answers its held-out questions), or scores against the ranking."""
     try:
-        Manifest.model_validate(manifest.model_dump(mode="json") | fitted)  # what the service would refuse
+        fitted = {
+            "score_calibration": TypeAdapter(ScoreCalibration).validate_python(tuple(record["score_calibration"])),
+            "null_threshold": TypeAdapter(FiniteFloat).validate_python(record["null_threshold"]),
+        }
     except ValidationError as e:
-        raise ExportError(f"calibration failed: {e}") from e
+        raise ExportError(f"calibration failed; does the model answer at all? {e}\nrecord: {record}") from e
     return fitted | {"calibration": record}

@@ -5,14 +5,28 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 Precision = Literal["fp32", "fp16", "int8"]
 RuntimeName = Literal["onnxruntime", "openvino"]
+
+
+def _monotone(v: tuple[float, ...]) -> tuple[float, ...]:
+    # a span with a higher logit has a lower null margin: c <= 0 keeps its score from dropping below a lower span's
+    if len(v) == 3 and v[2] > 0:
+        raise ValueError("the null margin's weight c must be <= 0, or scores would not follow the ranking")
+    return v
+
+
+# Platt (a, b) on the log-odds of a span's share, and optionally c on the null margin (app.engine.spans); the
+# build checks a fit against these types before it ships one
+ScoreCalibration = Annotated[
+    tuple[FiniteFloat, FiniteFloat] | tuple[FiniteFloat, FiniteFloat, FiniteFloat], AfterValidator(_monotone)
+]
 
 
 class BundleError(RuntimeError):
@@ -56,24 +70,14 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry]
     trim_suffixes: list[str] = []  # cut from span ends at decoding; learned on the training split
     # fitted on held-out articles (model_export build, or bundle --calibrate-data); the defaults change nothing
-    # Platt (a, b) on the log-odds of a span's share, and optionally c on the null margin (app.engine.spans)
-    score_calibration: tuple[float, float] | tuple[float, float, float] = (1.0, 0.0)
-    null_threshold: float = 0.0
+    score_calibration: ScoreCalibration = (1.0, 0.0)
+    null_threshold: FiniteFloat = 0.0
     calibration: dict[str, object] = {}
     scores: list[Score] = []
     validation: dict[str, object] = {}
     training: dict[str, object] = {}
     command: str = ""
     created: str = ""
-
-    @field_validator("score_calibration")
-    @classmethod
-    def _monotone(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        # a span with a higher logit has a lower null margin: c <= 0 keeps its score from dropping below a
-        # lower span's
-        if len(v) == 3 and v[2] > 0:
-            raise ValueError("the null margin's weight c must be <= 0, or scores would not follow the ranking")
-        return v
 
 
 def sha256_file(path: Path) -> str:
