@@ -1,0 +1,68 @@
+"""How sure of themselves several models are on the same held-out questions, and the Platt map each would fit.
+
+A calibration map fitted on one model's scores carries over to another only if both are about as confident at
+the same accuracy. The model card's out-of-fold section compares a fold model with T2 this way, on training
+articles only:
+
+    python -m scripts.confidence_check --data ../shared/data/korquad/KorQuAD_v1.0_dev.json --articles 100:112 \
+        --tokenizer runs/korquad-e5-small/calibrate/fold-4-of-4/train/final --trim-suffixes <the manifest's> \
+        --models runs/gpu/call2/dev_logits.npz runs/korquad-e5-small/calibrate/fold-4-of-4/train/final
+
+Each model is a dev-logits file (`calibrate`'s npz, its answerable questions in the same order) or a PyTorch
+checkpoint dir, run here on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from model_export.calibrate import (
+    calibration_questions,
+    checkpoint_logits,
+    ece,
+    fit_platt,
+    load_logits,
+    outcomes,
+    top_share,
+    windows_for,
+)
+from model_export.train import load_tokenizer
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", required=True, help="dev_logits.npz files or PyTorch checkpoint dirs")
+    p.add_argument("--data", required=True, help="SQuAD-format JSON")
+    p.add_argument("--articles", required=True, help="held out from every model, e.g. 100:112")
+    p.add_argument("--tokenizer", required=True, help="dir with the tokenizer all models share")
+    p.add_argument("--trim-suffixes", nargs="*", default=[])
+    args = p.parse_args()
+
+    questions = calibration_questions(args.data, args.articles)
+    w = SimpleNamespace(max_seq_length=384, doc_stride=128, max_query_length=64)
+    windows = windows_for(load_tokenizer(args.tokenizer), questions, w)
+    for model in map(Path, args.models):
+        if model.is_dir():
+            logits = checkpoint_logits(model, questions, w)
+        else:
+            with np.load(model) as z:
+                ids, logits = load_logits(z, "own/")
+            if ids != [q.id for q in questions]:
+                raise SystemExit(f"{model}: its questions are not those of articles {args.articles}")
+        o = outcomes(questions, windows, logits, args.trim_suffixes)
+        share = np.array([top_share(x) for x in o])
+        right = np.array([x.exact for x in o])
+        print(
+            f"{model}: n {len(o)}, EM {100 * right.mean():.2f}, F1 {100 * np.mean([x.f1 for x in o]):.2f}, "
+            f"mean top share {share.mean():.3f} (right {share[right == 1].mean():.3f}, "
+            f"wrong {share[right == 0].mean():.3f}), raw ECE {ece(share, right):.4f}, "
+            f"Platt {np.round(fit_platt(o), 3).tolist()}"
+        )
+
+
+if __name__ == "__main__":
+    main()
