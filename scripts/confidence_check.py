@@ -33,17 +33,22 @@ from model_export.calibrate import (
 from model_export.train import load_tokenizer
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", required=True, help="dev_logits.npz files or PyTorch checkpoint dirs")
     p.add_argument("--data", required=True, help="SQuAD-format JSON")
     p.add_argument("--articles", required=True, help="held out from every model, e.g. 100:112")
     p.add_argument("--tokenizer", required=True, help="dir with the tokenizer all models share")
     p.add_argument("--trim-suffixes", nargs="*", default=[])
-    args = p.parse_args()
+    p.add_argument("--max-seq-length", type=int, default=384)
+    p.add_argument("--doc-stride", type=int, default=128)
+    p.add_argument("--max-query-length", type=int, default=64)
+    args = p.parse_args(argv)
 
     questions = calibration_questions(args.data, args.articles)
-    w = SimpleNamespace(max_seq_length=384, doc_stride=128, max_query_length=64)
+    w = SimpleNamespace(
+        max_seq_length=args.max_seq_length, doc_stride=args.doc_stride, max_query_length=args.max_query_length
+    )
     windows = windows_for(load_tokenizer(args.tokenizer), questions, w)
     for model in map(Path, args.models):
         if model.is_dir():

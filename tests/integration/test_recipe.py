@@ -98,7 +98,9 @@ def test_sweep_scores_every_trial_on_the_dev_slice_and_distills(tiny_bundle: Pat
     assert len(lines) == 4 and np.isfinite(json.loads(lines[0])["final"]["korquad_f1"])
 
 
-def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(tiny_bundle: Path, tmp_path: Path):
+def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     """The build's calibrate path end to end on the tiny model: dev logits -> fit -> a bundle's test figures."""
     from app.engine.bundle import read_manifest
     from model_export.calibrate import checkpoint_logits, fit_from_logits, measure_bundle, write_dev_logits
@@ -121,6 +123,17 @@ def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(tiny_bundle: Pat
     assert result["n_answerable"] == result["n_cross_article"] > 0
     assert (tmp_path / "test" / "reliability_test.png").stat().st_size > 0
     assert json.loads((tmp_path / "test" / "calibration_test.json").read_text())["ece_before"] >= 0
+
+    # the model card's confidence check: the saved logits and the checkpoint they came from read the same
+    from scripts.confidence_check import main as confidence_check
+
+    capsys.readouterr()
+    argv = ["--data", str(KORQUAD_DEV), "--articles", "100:102", "--tokenizer", str(hf), "--max-seq-length"]
+    argv += [str(w.max_seq_length), "--doc-stride", str(w.doc_stride), "--max-query-length", str(w.max_query_length)]
+    confidence_check([*argv, "--models", str(logits), str(hf)])
+    rows = [line.split(": ", 1) for line in capsys.readouterr().out.splitlines()]
+    assert [r[0] for r in rows] == [str(logits), str(hf)] and rows[0][1] == rows[1][1]
+    assert f"n {len(dev)}, EM " in rows[0][1]
 
 
 def test_out_of_fold_calibration_scores_every_training_question_with_a_model_that_never_saw_it(
