@@ -13,6 +13,8 @@ import types
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
+from model_export.metrics import METRICS
+
 log = logging.getLogger("model_export")
 
 
@@ -255,11 +257,13 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             variants=args.variants, int8_method=args.int8_method, opset=args.opset, max_bundle_mb=args.max_bundle_mb
         )
         tolerances = json.loads(args.tolerances) if args.tolerances else None
-        if args.calibrate_data is None and (args.calibrate_articles or args.calibrate_margin):
-            raise ValueError("--calibrate-articles and --calibrate-margin need --calibrate-data")
+        if args.calibrate_data is None and (args.calibrate_articles or args.calibrate_margin or args.calibrate_metric):
+            raise ValueError("--calibrate-articles, --calibrate-margin and --calibrate-metric need --calibrate-data")
         # read now: a bad file or range must stop the command before minutes of export, not after
         calibration = (
-            calibration_data(Path(args.calibrate_data), args.calibrate_articles, args.calibrate_margin)
+            calibration_data(
+                Path(args.calibrate_data), args.calibrate_articles, args.calibrate_margin, args.calibrate_metric
+            )
             if args.calibrate_data
             else None
         )
@@ -342,7 +346,7 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
         "--calibrate-data",
         default=None,
         help="SQuAD-format JSON of questions the model never trained on: fit the score calibration (a score of 0.8 "
-        "right 80%% of the time, by KorQuAD exact match) and the null threshold (allow_no_answer) on its "
+        "right 80%% of the time, by --calibrate-metric exact match) and the null threshold (allow_no_answer) on its "
         "answerable questions, through the file the service picks on this CPU, and record both in the manifest",
     )
     p.add_argument(
@@ -354,6 +358,13 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
         "--calibrate-margin",
         action="store_true",
         help="the score map also weighs the null margin, c * (null logit - span logit) with c <= 0",
+    )
+    p.add_argument(
+        "--calibrate-metric",
+        choices=METRICS,
+        default=None,
+        help="whose exact match makes an answer right: korquad (default) or squad, which also drops English "
+        "articles (a, an, the), for English data",
     )
     p.add_argument("--eval-data", default=None, help="SQuAD-format JSON: score every variant and record the scores")
     p.add_argument("--eval-articles", default=None, help="article range of --eval-data, e.g. 112:140 (default all)")

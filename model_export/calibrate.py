@@ -34,7 +34,7 @@ import numpy as np
 from app.engine.spans import Calibration, PassageLogits, calibrated, decode_passages
 from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows
 from model_export.data import Example, cross_article_pairs, load_examples
-from model_export.metrics import exact_match, f1
+from model_export.metrics import METRICS, Metric, exact_match, f1
 
 log = logging.getLogger(__name__)
 ALL_CANDIDATES = 10_000
@@ -127,9 +127,11 @@ def fit_from_logits(
     w: Any,
     trim_suffixes: Sequence[str],
     margin: bool = False,
+    metric: Metric = "korquad",
 ) -> tuple[dict[str, Any], list[Outcome]]:
     """Fit calibration and threshold from dev-logits npz files, each with the articles its model never saw
-    (one dev slice, or the held-out block of each fold); returns (the manifest's record, own outcomes)."""
+    (one dev slice, or the held-out block of each fold); returns (the manifest's record, own outcomes).
+    A top answer counts as right when it is an exact match by `metric`."""
     own_per_part: list[list[Outcome]] = []
     neg: list[Outcome] = []
     for logits, articles in parts:
@@ -140,13 +142,18 @@ def fit_from_logits(
             ids_cross, cross_logits = load_logits(z, "cross/")
         if ids_own != [e.id for e in dev] or ids_cross != [e.id for e in cross]:
             raise ValueError(f"{logits}: its questions are not those of {data} articles {articles}")
-        own_per_part.append(outcomes(dev, windows_for(tokenizer, dev, w), own_logits, trim_suffixes))
-        neg += outcomes(cross, windows_for(tokenizer, cross, w), cross_logits, trim_suffixes)
+        own_per_part.append(outcomes(dev, windows_for(tokenizer, dev, w), own_logits, trim_suffixes, metric=metric))
+        neg += outcomes(cross, windows_for(tokenizer, cross, w), cross_logits, trim_suffixes, metric=metric)
     own = [o for part in own_per_part for o in part]
     calibration = fit_platt(own, margin)
     threshold = fit_null_threshold(own, neg)
     fitted_on = f"{Path(data).name} articles {' + '.join(a for _, a in parts)}"
-    record = {"fitted_on": fitted_on, "fit_models": len(parts), **measure(own, neg, calibration, threshold)}
+    record = {
+        "fitted_on": fitted_on,
+        "fit_models": len(parts),
+        "metric": metric,
+        **measure(own, neg, calibration, threshold),
+    }
     if len(own_per_part) > 1:
         record["cross_fitted"] = cross_fitted(own_per_part, margin)
     return record, own
@@ -189,6 +196,7 @@ def outcomes(
     logits: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]],
     trim_suffixes: Sequence[str],
     max_answer_length: int = 30,
+    metric: Metric = "korquad",
 ) -> list[Outcome]:
     out = []
     for e, ws, lg in zip(examples, windows, logits, strict=True):
@@ -207,8 +215,8 @@ def outcomes(
                 np.array([a.logit for a in d.answers]),
                 d.null_logit,
                 text,
-                exact_match(text, gold, "korquad") if gold else 0.0,
-                f1(text, gold, "korquad") if gold else 0.0,
+                exact_match(text, gold, metric) if gold else 0.0,
+                f1(text, gold, metric) if gold else 0.0,
             )
         )
     return out
@@ -410,18 +418,25 @@ def bundle_logits(bundle_dir: Path, examples: Sequence[Example], threads: int = 
     return m, per, logits
 
 
-def measure_bundle(bundle_dir: Path, data: str, articles: str, out: Path, threads: int = 2) -> dict[str, Any]:
+def measure_bundle(
+    bundle_dir: Path, data: str, articles: str, out: Path, threads: int = 2, metric: Metric | None = None
+) -> dict[str, Any]:
     """The shipped bundle's calibration and abstention figures on `articles` (the test split), with its own
-    calibration and threshold; writes calibration_test.json and reliability_test.png into `out`."""
+    calibration and threshold; writes calibration_test.json and reliability_test.png into `out`. Exact match
+    is by `metric`, by default the one the bundle's calibration was fitted with."""
     examples = load_examples(data, articles)
     cross = cross_article_pairs(examples, random.Random(0))
     m, per, logits = bundle_logits(bundle_dir, examples, threads)
     _, per_x, logits_x = bundle_logits(bundle_dir, cross, threads)
-    own = outcomes(examples, per, logits, m.trim_suffixes)
-    neg = outcomes(cross, per_x, logits_x, m.trim_suffixes)
+    # a record without one was fitted before the choice existed, on KorQuAD's exact match
+    fitted_with = m.calibration.get("metric", "korquad")
+    metric = metric or next((x for x in METRICS if x == fitted_with), "korquad")
+    own = outcomes(examples, per, logits, m.trim_suffixes, metric=metric)
+    neg = outcomes(cross, per_x, logits_x, m.trim_suffixes, metric=metric)
     result = {
         "bundle": str(bundle_dir),
         "measured_on": f"{Path(data).name} articles {articles}",
+        "metric": metric,
         **measure(own, neg, m.score_calibration, m.null_threshold),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -434,7 +449,7 @@ def _calibrate_command(args: argparse.Namespace) -> int:
     if args.bundle:
         if len(args.articles) != 1:
             raise SystemExit("calibrate --bundle: give one --articles range (the test split)")
-        result = measure_bundle(Path(args.bundle), args.data, args.articles[0], Path(args.out))
+        result = measure_bundle(Path(args.bundle), args.data, args.articles[0], Path(args.out), metric=args.metric)
         print(json.dumps(result, indent=1))
         return 0
     from model_export.train import load_tokenizer
@@ -448,7 +463,8 @@ def _calibrate_command(args: argparse.Namespace) -> int:
         raise SystemExit("calibrate: give one --articles range per --logits file (the articles its model never saw)")
     tokenizer = load_tokenizer(args.tokenizer)
     parts = [(Path(f), a) for f, a in zip(args.logits, args.articles, strict=True)]
-    result, own = fit_from_logits(parts, args.data, tokenizer, windows, args.trim_suffixes, args.margin)
+    metric = args.metric or "korquad"
+    result, own = fit_from_logits(parts, args.data, tokenizer, windows, args.trim_suffixes, args.margin, metric)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -480,6 +496,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", help="fit: dir with the model's tokenizer.json")
     p.add_argument("--trim-suffixes", nargs="*", default=[], help="the bundle's trim_suffixes")
     p.add_argument("--margin", action="store_true", help="fit the null margin's weight too (calibrate.margin)")
+    p.add_argument(
+        "--metric",
+        choices=METRICS,
+        help="whose exact match makes an answer right: korquad (the default when fitting) or squad, which also "
+        "drops English articles (a, an, the); --bundle: by default the one its calibration was fitted with",
+    )
     p.add_argument("--max-seq-length", type=int, default=384)
     p.add_argument("--doc-stride", type=int, default=128)
     p.add_argument("--max-query-length", type=int, default=64)

@@ -9,6 +9,8 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from model_export.metrics import Metric
+
 Variant = Literal["fp32", "fp16", "int8"]
 
 
@@ -141,6 +143,8 @@ class CalibrateSection(_Section):
     logits: Literal["served", "checkpoint"] = "served"
     # the map's inputs: the span's share only (Platt's a, b), or its null margin too (c; app.engine.spans.calibrated)
     margin: bool = False
+    # whose exact match makes a top answer right: squad also drops English articles (a, an, the)
+    metric: Metric = "korquad"
 
     @model_validator(mode="after")
     def _folds_are_several(self) -> CalibrateSection:

@@ -29,6 +29,7 @@ from model_export.bundle import BUNDLE_FILE_NAMES, rewrite_manifest, training_re
 from model_export.config import BuildConfig, BuildStage, ExportSection
 from model_export.data import Example, cross_article_pairs, load_examples
 from model_export.export import ExportError
+from model_export.metrics import Metric
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def calibrate_stage(cfg: BuildConfig, base_dir: Path, model_dir: Path, trim: Seq
     vocabulary = load_examples(cfg.data.file, cfg.data.train_articles)
     parts = [(held_out_logits(cfg, base_dir, fit, dev, d, vocabulary), dev) for fit, dev, d in splits]
     tokenizer = load_tokenizer(str(model_dir))
-    record, _ = fit_from_logits(parts, cfg.data.file, tokenizer, cfg.windows, trim, c.margin)
+    record, _ = fit_from_logits(parts, cfg.data.file, tokenizer, cfg.windows, trim, c.margin, c.metric)
     record["logits"] = c.logits
     log.info("calibration: %s", record)
     calibration_fields(record)  # refused here, not after the export's minutes
@@ -826,9 +827,12 @@ class CalibrationData(NamedTuple):
     articles: str
     examples: list[Example]
     margin: bool = False
+    metric: Metric = "korquad"  # whose exact match makes a top answer right
 
 
-def calibration_data(data: Path, articles: str | None, margin: bool = False) -> CalibrationData:
+def calibration_data(
+    data: Path, articles: str | None, margin: bool = False, metric: Metric | None = None
+) -> CalibrationData:
     """The answerable questions of `articles` of a SQuAD-format file; ValueError, saying why, when they cannot
     calibrate: calibration pairs each question with another article's paragraph, so two articles are needed."""
     from model_export.calibrate import calibration_questions
@@ -844,7 +848,7 @@ def calibration_data(data: Path, articles: str | None, margin: bool = False) -> 
         cross_article_pairs(examples, random.Random(0))  # what calibration will build from them
     except ValueError as e:
         raise ValueError(f"{where}: {len(examples)} answerable questions from fewer than two articles: {e}") from e
-    return CalibrationData(Path(data), articles, examples, margin)
+    return CalibrationData(Path(data), articles, examples, margin, metric or "korquad")
 
 
 def calibrate_bundle(
@@ -864,7 +868,13 @@ def calibrate_bundle(
     )
     tokenizer = Tokenizer.from_file(str(bundle_dir / manifest.tokenizer))
     record, _ = fit_from_logits(
-        [(logits, held_out.articles)], str(held_out.data), tokenizer, manifest, manifest.trim_suffixes, held_out.margin
+        [(logits, held_out.articles)],
+        str(held_out.data),
+        tokenizer,
+        manifest,
+        manifest.trim_suffixes,
+        held_out.margin,
+        held_out.metric,
     )
     record["served_by"] = served_file(bundle_dir, manifest)
     log.info("calibration: %s", record)

@@ -125,9 +125,10 @@ def test_bundle_calibrates_on_held_out_questions(tmp_path: Path) -> None:
     ckpt = build_checkpoint("bert", tmp_path / "ckpt")
     out = tmp_path / "bundle"
     flags = ["--variants", "int8", "--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "0:2"]
-    assert bundle(ckpt, out, *flags, "--threads", "1") == 0
+    assert bundle(ckpt, out, *flags, "--calibrate-metric", "squad", "--threads", "1") == 0
     m = verify_bundle(out)
     record = m.calibration
+    assert record["metric"] == "squad"
     n = len(load_examples(str(KORQUAD_DEV), "0:2"))
     assert record["fitted_on"] == "KorQuAD_v1.0_dev.json articles 0:2" and record["fit_models"] == 1
     assert record["n_answerable"] == record["n_cross_article"] == n
@@ -152,7 +153,8 @@ def test_bundle_calibrates_on_held_out_questions(tmp_path: Path) -> None:
         (["--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "3:4"], "fewer than two articles"),
         (["--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "200"], "cannot read them as SQuAD-format"),
         (["--calibrate-data", "missing.json"], "missing.json articles all: cannot read them"),
-        (["--calibrate-articles", "0:2"], "--calibrate-articles and --calibrate-margin need --calibrate-data"),
+        (["--calibrate-articles", "0:2"], "need --calibrate-data"),
+        (["--calibrate-metric", "squad"], "--calibrate-metric need --calibrate-data"),
     ],
 )
 def test_calibration_flags_that_cannot_work_are_refused_before_the_export(

@@ -121,6 +121,7 @@ def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(
         fit_from_logits([(logits, "101:103")], str(KORQUAD_DEV), load_tokenizer(str(hf)), w, ())
     result = measure_bundle(tiny_bundle, str(KORQUAD_DEV), "120:122", tmp_path / "test")
     assert result["n_answerable"] == result["n_cross_article"] > 0
+    assert result["metric"] == "korquad"  # the tiny bundle's calibration record names none: fitted before the choice
     assert (tmp_path / "test" / "reliability_test.png").stat().st_size > 0
     assert json.loads((tmp_path / "test" / "calibration_test.json").read_text())["ece_before"] >= 0
 

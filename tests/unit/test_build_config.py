@@ -61,6 +61,7 @@ def test_unknown_keys_are_rejected_by_name(section: str | None, key: str) -> Non
         ("prune.enabled", "yes", "valid boolean"),
         ("evaluate.batch_size", 0, "greater than or equal to 1"),
         ("calibrate.logits", "pytorch", "'served' or 'checkpoint'"),
+        ("calibrate.metric", "bleu", "'squad' or 'korquad'"),
     ],
 )
 def test_wrong_types_are_rejected_by_name(path: str, value: object, reason: str) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tokenizers import Tokenizer
 
 from app.engine.spans import calibrated
 from model_export.calibrate import (
@@ -22,10 +24,13 @@ from model_export.calibrate import (
     fit_platt,
     log_loss,
     measure,
+    outcomes,
     top_score,
     top_share,
+    windows_for,
 )
 from model_export.data import Example
+from model_export.metrics import Metric
 
 
 def outcome(share_logit: float, null_margin: float, exact: float) -> Outcome:
@@ -184,3 +189,19 @@ def test_calibration_runs_only_answerable_questions(tmp_path: Path) -> None:
     data = {"data": [{"title": t, "paragraphs": [{"context": "x y", "qas": qas}]} for t in ("t1", "t2")]}
     (tmp_path / "v2.json").write_text(json.dumps(data), encoding="utf-8")
     assert [e.id for e in calibration_questions(str(tmp_path / "v2.json"), "0:2")] == ["a", "a"]
+
+
+@pytest.mark.parametrize(("metric", "right"), [("korquad", 0.0), ("squad", 1.0)])
+def test_whose_exact_match_judges_the_top_answer(wordpiece: Tokenizer, metric: Metric, right: float) -> None:
+    """SQuAD's exact match drops English articles, KorQuAD's keeps them: "the Eiffel Tower" against the gold
+    "Eiffel Tower" is right by one and wrong by the other, and calibration fits to whichever the user chose."""
+    context = "the Eiffel Tower is in Paris"
+    ex = Example("q", "t", "Which tower is in Paris?", context, (("Eiffel Tower", 4),))
+    w = SimpleNamespace(max_seq_length=64, doc_stride=16, max_query_length=16)
+    [windows] = windows_for(wordpiece, [ex], w)
+    [window] = windows
+    start, end = np.full(len(window), -10.0, np.float32), np.full(len(window), -10.0, np.float32)
+    start[next(i for i, (s, _) in enumerate(window.offsets) if s == 0 and i >= window.context_start)] = 10.0
+    end[next(i for i, (_, e) in enumerate(window.offsets) if e == len("the Eiffel Tower"))] = 10.0
+    [o] = outcomes([ex], [windows], [[(start, end)]], (), metric=metric)
+    assert o.text == "the Eiffel Tower" and o.exact == right
