@@ -423,8 +423,9 @@ def measure_bundle(
 ) -> dict[str, Any]:
     """The shipped bundle's calibration and abstention figures on `articles` (the test split), with its own
     calibration and threshold; writes calibration_test.json and reliability_test.png into `out`. Exact match
-    is by `metric`, by default the one the bundle's calibration was fitted with."""
-    examples = load_examples(data, articles)
+    is by `metric`, by default the one the bundle's calibration was fitted with. Like the fit, it runs the
+    answerable questions only: the cross-article pairs are the questions it should abstain on."""
+    examples = calibration_questions(data, articles)
     cross = cross_article_pairs(examples, random.Random(0))
     m, per, logits = bundle_logits(bundle_dir, examples, threads)
     _, per_x, logits_x = bundle_logits(bundle_dir, cross, threads)

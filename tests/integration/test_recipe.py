@@ -122,6 +122,15 @@ def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(
     result = measure_bundle(tiny_bundle, str(KORQUAD_DEV), "120:122", tmp_path / "test")
     assert result["n_answerable"] == result["n_cross_article"] > 0
     assert result["metric"] == "korquad"  # the tiny bundle's calibration record names none: fitted before the choice
+    # SQuAD 2.0: a question without an answer is not an answerable question the model got wrong
+    squad2 = json.loads(KORQUAD_DEV.read_text(encoding="utf-8"))
+    squad2["data"] = squad2["data"][120:122]
+    squad2["data"][0]["paragraphs"][0]["qas"].append(
+        {"id": "no", "question": "?", "answers": [], "is_impossible": True}
+    )
+    (tmp_path / "v2.json").write_text(json.dumps(squad2, ensure_ascii=False), encoding="utf-8")
+    v2 = measure_bundle(tiny_bundle, str(tmp_path / "v2.json"), "0:2", tmp_path / "v2")
+    assert v2["n_answerable"] == result["n_answerable"]
     assert (tmp_path / "test" / "reliability_test.png").stat().st_size > 0
     assert json.loads((tmp_path / "test" / "calibration_test.json").read_text())["ece_before"] >= 0
 
