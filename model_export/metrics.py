@@ -1,4 +1,5 @@
-"""SQuAD v1.1 (token F1) and KorQuAD 1.0 (character F1) metrics, equal to the official evaluation scripts."""
+"""SQuAD v1.1 (token F1) and KorQuAD 1.0 (character F1) metrics, equal to the official evaluation scripts; a
+SQuAD 2.0 question without an answer is scored as the v2.0 script scores it."""
 
 from __future__ import annotations
 
@@ -75,13 +76,26 @@ _FUNCTIONS: dict[Metric, tuple[Callable[[str, str], float], Callable[[str, str],
 }
 
 
+_NORMALIZE: dict[Metric, Callable[[str], str]] = {"squad": normalize_squad, "korquad": normalize_korquad}
+
+
+def _abstained(prediction: str, metric: Metric) -> float:
+    # SQuAD 2.0's question without an answer: its official script scores only an empty prediction right, for
+    # both metrics; v1.1 and KorQuAD 1.0 have no such questions
+    return float(not _NORMALIZE[metric](prediction))
+
+
 def exact_match(prediction: str, ground_truths: Sequence[str], metric: Metric) -> float:
-    """Best exact match (0 or 1) over the ground truths."""
+    """Best exact match (0 or 1) over the ground truths; with none (unanswerable), 1 for an abstention."""
+    if not ground_truths:
+        return _abstained(prediction, metric)
     return max(_FUNCTIONS[metric][0](prediction, t) for t in ground_truths)
 
 
 def f1(prediction: str, ground_truths: Sequence[str], metric: Metric) -> float:
-    """Best F1 (0..1) over the ground truths."""
+    """Best F1 (0..1) over the ground truths; with none (unanswerable), 1 for an abstention."""
+    if not ground_truths:
+        return _abstained(prediction, metric)
     return max(_FUNCTIONS[metric][1](prediction, t) for t in ground_truths)
 
 

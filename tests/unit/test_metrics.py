@@ -1,4 +1,5 @@
-"""Official SQuAD v1.1 / KorQuAD 1.0 metrics: hand-computed cases, normalization, files and the CLI."""
+"""Official SQuAD v1.1 / KorQuAD 1.0 metrics, and SQuAD 2.0's unanswerable questions: hand-computed cases,
+normalization, files and the CLI."""
 
 import argparse
 import json
@@ -7,6 +8,7 @@ import pytest
 
 from model_export import metrics
 from model_export.metrics import (
+    Metric,
     exact_match,
     f1,
     korquad_f1,
@@ -202,3 +204,12 @@ def test_cli_warns_when_questions_have_no_prediction(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["exact_match"] == 100.0 and out.err == ""
+
+
+@pytest.mark.parametrize("metric", ["squad", "korquad"])
+def test_an_unanswerable_question_is_right_only_when_the_prediction_is_empty(metric: Metric):
+    # SQuAD 2.0's official script: no gold answer, so only an abstention (an empty prediction) scores
+    assert exact_match("", [], metric) == f1("", [], metric) == 1.0
+    assert exact_match("Paris", [], metric) == f1("Paris", [], metric) == 0.0
+    result = score([("q1", ["Paris"]), ("q2", [])], {"q1": "Paris", "q2": ""}, metric)
+    assert result == {"exact_match": 100.0, "f1": 100.0}
