@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -447,6 +448,16 @@ def measure_bundle(
 
 
 def _calibrate_command(args: argparse.Namespace) -> int:
+    from app.engine.bundle import BundleError
+
+    try:
+        return _calibrate(args)
+    except (OSError, ValueError, KeyError, BundleError) as e:  # a missing file, a bad range, not a bundle
+        print(f"calibrate: {e}", file=sys.stderr)
+        return 1
+
+
+def _calibrate(args: argparse.Namespace) -> int:
     if args.bundle:
         if len(args.articles) != 1:
             raise SystemExit("calibrate --bundle: give one --articles range (the test split)")

@@ -30,17 +30,21 @@ class Feature:
 
 
 def parse_articles(spec: str | None, n_articles: int) -> list[int]:
-    """'0:112' -> 0..111; '0:28,56:112' -> a union, in order; None -> every article. Ends work like slices."""
+    """'0:112' -> 0..111; '0:28,56:112' -> a union, in order; None -> every article. Ends work like slices,
+    but a part that selects no article is an error: a range past the end must not quietly become no data."""
     if spec is None:
         return list(range(n_articles))
     out: list[int] = []
     for part in spec.split(","):
         lo, sep, hi = part.strip().partition(":")
-        if not sep:
-            i = int(lo)
-            out.append(i)
+        if sep:
+            picked = list(range(n_articles)[slice(int(lo) if lo else None, int(hi) if hi else None)])
         else:
-            out += range(n_articles)[slice(int(lo) if lo else None, int(hi) if hi else None)]
+            i = int(lo)
+            picked = [i % n_articles] if -n_articles <= i < n_articles else []
+        if not picked:
+            raise ValueError(f"articles {spec!r}: {part.strip()!r} selects none of the {n_articles} articles")
+        out += picked
     return out
 
 

@@ -18,6 +18,14 @@ def test_specs_parse_ranges_unions_and_open_ends():
     assert parse_articles(None, 3) == [0, 1, 2]
 
 
+@pytest.mark.parametrize("spec", ["500:502", "140", "3:3", "0:2,150:"])
+def test_a_part_that_selects_no_article_is_refused_by_name(spec: str):
+    # slicing would quietly select nothing; every command that reads the data would then fail further on, or
+    # (a fold's fit articles) train on less than asked
+    with pytest.raises(ValueError, match=r"selects none of the 140 articles"):
+        parse_articles(spec, 140)
+
+
 @given(st.lists(st.integers(0, 200), min_size=1, unique=True).map(sorted))
 def test_articles_spec_round_trips_in_one_range_per_run(articles: list[int]):
     spec = articles_spec(articles)
