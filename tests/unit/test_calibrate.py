@@ -31,6 +31,7 @@ from model_export.calibrate import (
 )
 from model_export.data import Example
 from model_export.metrics import Metric
+from tests.support.tiny_model import KORQUAD_DEV
 
 
 def outcome(share_logit: float, null_margin: float, exact: float) -> Outcome:
@@ -205,3 +206,22 @@ def test_whose_exact_match_judges_the_top_answer(wordpiece: Tokenizer, metric: M
     end[next(i for i, (_, e) in enumerate(window.offsets) if e == len("the Eiffel Tower"))] = 10.0
     [o] = outcomes([ex], [windows], [[(start, end)]], (), metric=metric)
     assert o.text == "the Eiffel Tower" and o.exact == right
+
+
+@pytest.mark.parametrize(
+    ("data", "articles", "message"),
+    [
+        ("missing.json", "0:2", "No such file or directory: 'missing.json'"),
+        (str(KORQUAD_DEV), "500:502", "'500:502' selects none of the 140 articles"),
+        (str(KORQUAD_DEV), "0:2", "no manifest.json; is this a model bundle"),
+    ],
+)
+def test_calibrate_command_reports_bad_input_in_one_line(
+    data: str, articles: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_export.__main__ import main
+
+    argv = ["calibrate", "--bundle", str(tmp_path), "--data", data, "--articles", articles, "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("calibrate: ") and message in err and "Traceback" not in err, err
