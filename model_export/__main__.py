@@ -200,7 +200,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 2
     if args.fresh and Path(cfg.work_dir).exists():
         shutil.rmtree(cfg.work_dir)
-    print(build(cfg, args.command, args.until))
+    try:
+        print(build(cfg, args.command, args.until))
+    except ConfigError as e:  # the article ranges against the data file, checked before any training
+        print(f"build: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

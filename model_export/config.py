@@ -228,4 +228,6 @@ def load_build_config(path: Path, overrides: list[str] | None = None) -> BuildCo
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
     return parse_build_config(apply_overrides(raw, overrides or []), str(path))

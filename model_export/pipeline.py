@@ -26,7 +26,7 @@ from app.engine.hardware import cpu_name
 from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id
 from app.settings import cpu_quota
 from model_export.bundle import BUNDLE_FILE_NAMES, rewrite_manifest, training_record, write_bundle
-from model_export.config import BuildConfig, BuildStage, ExportSection
+from model_export.config import BuildConfig, BuildStage, ConfigError, ExportSection
 from model_export.data import Example, cross_article_pairs, load_examples
 from model_export.export import ExportError
 from model_export.metrics import Metric
@@ -473,10 +473,36 @@ def set_scores(bundle_dir: Path, scores: Sequence[Score | dict[str, Any]]) -> Ma
 # ---------------------------------------------------------------- build: base encoder -> bundle, from a config
 
 
+def check_splits(cfg: BuildConfig) -> None:
+    """Raise ConfigError, before any training, on article ranges that the build would trip on hours later or
+    that would spoil the test split: a range that selects no article, test articles that are also trained,
+    calibrated or tuned on, folds too small to calibrate."""
+    from model_export.data import articles_spec, parse_articles
+
+    d = cfg.data
+    try:
+        n = len(json.loads(Path(d.file).read_text(encoding="utf-8"))["data"])
+        test = set(parse_articles(d.test_articles, n))
+        used = {"data.train_articles": d.train_articles}
+        if cfg.calibrate.enabled and not cfg.calibrate.folds:
+            used |= {
+                "calibrate.fit_articles": cfg.calibrate.fit_articles,
+                "calibrate.dev_articles": cfg.calibrate.dev_articles,
+            }
+        for key, spec in used.items():
+            if shared := sorted(test & set(parse_articles(spec, n))):
+                raise ValueError(f"{key} and data.test_articles share articles {articles_spec(shared)}")
+        if cfg.calibrate.enabled and cfg.calibrate.folds:
+            fold_splits(d.file, d.train_articles, cfg.calibrate.folds)
+    except (OSError, ValueError, LookupError, TypeError) as e:
+        raise ConfigError(f"data.file {d.file}: {e}") from e
+
+
 def build(cfg: BuildConfig, command: str, until: BuildStage | None = None) -> Path:
     """import -> train -> prune -> calibrate -> export -> quantize -> validate -> evaluate each variant -> bundle.
 
     `until` stops after that stage and returns what it wrote; the same call without it goes on from there."""
+    check_splits(cfg)
     work = Path(cfg.work_dir)
     exp = cfg.export
     base_dir = work / "base"

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from model_export.config import BuildConfig, ConfigError, apply_overrides, load_build_config, parse_build_config
+from model_export.pipeline import check_splits
+from tests.support.tiny_model import KORQUAD_DEV
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -101,3 +103,37 @@ def test_overrides_parse_as_toml_then_validate() -> None:
     assert cfg.train.max_steps == 3 and cfg.export.max_bundle_mb == 0.5 and cfg.name == "x y"  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_overrides(raw(), ["train.max_steps"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (['data.test_articles="500:502"'], "'500:502' selects none of the 140 articles"),
+        (['data.test_articles="100:140"'], "data.train_articles and data.test_articles share articles 100:112"),
+        (["calibrate.enabled=true", 'calibrate.dev_articles="110:114"'], "calibrate.dev_articles and"),
+        (["calibrate.enabled=true", "calibrate.folds=60"], "every fold must hold out at least two articles"),
+        (['data.file="nope.json"'], "No such file"),
+    ],
+)
+def test_article_ranges_are_checked_against_the_data_before_any_training(overrides: list[str], message: str) -> None:
+    cfg = parse_build_config(apply_overrides(raw(), [f'data.file="{KORQUAD_DEV}"', *overrides]))
+    with pytest.raises(ConfigError, match=message):
+        check_splits(cfg)
+
+
+@pytest.mark.parametrize("name", ["korquad-e5-small.toml", "tiny-smoke.toml"])
+def test_the_shipped_configs_keep_the_test_split_apart(name: str) -> None:
+    check_splits(parse_build_config(apply_overrides(raw(name), [f'data.file="{KORQUAD_DEV}"'])))
+
+
+def test_build_command_refuses_a_missing_config_or_a_spoiled_split_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_export.__main__ import main
+
+    assert main(["build", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml: cannot read it: No such file or directory" in capsys.readouterr().err
+    overrides = ["--set", f'data.file="{KORQUAD_DEV}"', "--set", 'data.test_articles="0:5"']
+    assert main(["build", str(CONFIGS / "tiny-smoke.toml"), "--work-dir", str(tmp_path / "w"), *overrides]) == 2
+    assert "data.train_articles and data.test_articles share articles 0:5" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before the base import or any training
