@@ -473,27 +473,32 @@ def set_scores(bundle_dir: Path, scores: Sequence[Score | dict[str, Any]]) -> Ma
 # ---------------------------------------------------------------- build: base encoder -> bundle, from a config
 
 
-def check_splits(cfg: BuildConfig) -> None:
+def check_splits(cfg: BuildConfig, held_out: dict[str, tuple[str, str]] | None = None) -> None:
     """Raise ConfigError, before any training, on article ranges that the build would trip on hours later or
-    that would spoil the test split: a range that selects no article, test articles that are also trained,
-    calibrated or tuned on, folds too small to calibrate."""
+    that would spoil a held-out set: a range that selects no article, test articles that are also trained,
+    calibrated or tuned on, a dev slice its own model trains on, folds too small to calibrate. `held_out`
+    names more (fit, dev) pairs, a sweep's; the calibration dev slice is one when it is enabled."""
     from model_export.data import articles_spec, parse_articles
 
-    d = cfg.data
+    d, c = cfg.data, cfg.calibrate
+    pairs = dict(held_out or {})
+    if c.enabled and not c.folds:
+        pairs["calibrate"] = (c.fit_articles, c.dev_articles)
     try:
         n = len(json.loads(Path(d.file).read_text(encoding="utf-8"))["data"])
-        test = set(parse_articles(d.test_articles, n))
-        used = {"data.train_articles": d.train_articles}
-        if cfg.calibrate.enabled and not cfg.calibrate.folds:
-            used |= {
-                "calibrate.fit_articles": cfg.calibrate.fit_articles,
-                "calibrate.dev_articles": cfg.calibrate.dev_articles,
-            }
-        for key, spec in used.items():
-            if shared := sorted(test & set(parse_articles(spec, n))):
-                raise ValueError(f"{key} and data.test_articles share articles {articles_spec(shared)}")
-        if cfg.calibrate.enabled and cfg.calibrate.folds:
-            fold_splits(d.file, d.train_articles, cfg.calibrate.folds)
+
+        def clash(a: tuple[str, str], b: tuple[str, str]) -> None:
+            if shared := sorted(set(parse_articles(a[1], n)) & set(parse_articles(b[1], n))):
+                raise ValueError(f"{a[0]} and {b[0]} share articles {articles_spec(shared)}")
+
+        test = ("data.test_articles", d.test_articles)
+        clash(("data.train_articles", d.train_articles), test)
+        for name, (fit, dev) in pairs.items():
+            clash((f"{name}.fit_articles", fit), test)
+            clash((f"{name}.dev_articles", dev), test)
+            clash((f"{name}.fit_articles", fit), (f"{name}.dev_articles", dev))
+        if c.enabled and c.folds:
+            fold_splits(d.file, d.train_articles, c.folds)
     except (OSError, ValueError, LookupError, TypeError) as e:
         raise ConfigError(f"data.file {d.file}: {e}") from e
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from model_export.config import BuildConfig, load_build_config
+from model_export.config import BuildConfig, ConfigError, load_build_config
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,11 @@ def run_sweep(
     cfg: BuildConfig, base_model: str, trials_file: Path, out: Path, budget_s: float | None = None
 ) -> list[dict[str, Any]]:
     """Train and score every trial in order; skip the rest once `budget_s` would be exceeded."""
+    from model_export.pipeline import check_splits
+
     spec = tomllib.loads(trials_file.read_text(encoding="utf-8"))
     fit, dev = spec["fit_articles"], spec["dev_articles"]
+    check_splits(cfg, {"sweep": (fit, dev)})  # tuning must never read the test split
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     t_start = time.monotonic()
@@ -155,8 +159,12 @@ def best_trial(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _sweep_command(args: argparse.Namespace) -> int:
-    cfg = load_build_config(Path(args.config))
-    results = run_sweep(cfg, args.base, Path(args.trials), Path(args.out), args.budget_s)
+    try:
+        cfg = load_build_config(Path(args.config))
+        results = run_sweep(cfg, args.base, Path(args.trials), Path(args.out), args.budget_s)
+    except ConfigError as e:
+        print(f"sweep: {e}", file=sys.stderr)
+        return 2
     print(results_table(results))
     best = best_trial(results)
     print(f"best: {best['name']} {json.dumps(best['overrides'])} -> {best['final']}")

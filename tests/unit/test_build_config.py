@@ -137,3 +137,16 @@ def test_build_command_refuses_a_missing_config_or_a_spoiled_split_with_exit_2(
     assert main(["build", str(CONFIGS / "tiny-smoke.toml"), "--work-dir", str(tmp_path / "w"), *overrides]) == 2
     assert "data.train_articles and data.test_articles share articles 0:5" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # refused before the base import or any training
+
+
+def test_a_dev_slice_its_own_model_trains_on_or_a_sweep_on_the_test_split_is_refused() -> None:
+    cfg = parse_build_config(apply_overrides(raw(), [f'data.file="{KORQUAD_DEV}"']))
+    with pytest.raises(ConfigError, match=r"sweep\.dev_articles and data\.test_articles share articles 112:114"):
+        check_splits(cfg, {"sweep": ("0:100", "100:114")})
+    with pytest.raises(ConfigError, match=r"sweep\.fit_articles and sweep\.dev_articles share articles 90:100"):
+        check_splits(cfg, {"sweep": ("0:100", "90:112")})
+    calibrated = ["calibrate.enabled=true", 'calibrate.fit_articles="0:101"', 'calibrate.dev_articles="100:112"']
+    with pytest.raises(
+        ConfigError, match=r"calibrate\.fit_articles and calibrate\.dev_articles share articles 100:101"
+    ):
+        check_splits(parse_build_config(apply_overrides(raw(), [f'data.file="{KORQUAD_DEV}"', *calibrated])))
