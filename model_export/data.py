@@ -29,6 +29,10 @@ class Feature:
     end_position: int
 
 
+class ArticleRangeError(ValueError):
+    """An article range that selects no article of the data file."""
+
+
 def parse_articles(spec: str | None, n_articles: int) -> list[int]:
     """'0:112' -> 0..111; '0:28,56:112' -> a union, in order; None -> every article. Ends work like slices,
     but a part that selects no article is an error: a range past the end must not quietly become no data."""
@@ -43,7 +47,7 @@ def parse_articles(spec: str | None, n_articles: int) -> list[int]:
             i = int(lo)
             picked = [i % n_articles] if -n_articles <= i < n_articles else []
         if not picked:
-            raise ValueError(f"articles {spec!r}: {part.strip()!r} selects none of the {n_articles} articles")
+            raise ArticleRangeError(f"articles {spec!r}: {part.strip()!r} selects none of the {n_articles} articles")
         out += picked
     return out
 

@@ -27,7 +27,7 @@ from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_
 from app.settings import cpu_quota
 from model_export.bundle import BUNDLE_FILE_NAMES, rewrite_manifest, training_record, write_bundle
 from model_export.config import BuildConfig, BuildStage, ConfigError, ExportSection
-from model_export.data import Example, cross_article_pairs, load_examples
+from model_export.data import ArticleRangeError, Example, cross_article_pairs, load_examples
 from model_export.export import ExportError
 from model_export.metrics import Metric
 
@@ -873,6 +873,8 @@ def calibration_data(
         if articles is None:
             articles = f"0:{len(json.loads(Path(data).read_text(encoding='utf-8'))['data'])}"
         examples = calibration_questions(str(data), articles)
+    except ArticleRangeError as e:
+        raise ValueError(f"{where}: {e}") from e
     except (OSError, ValueError, LookupError, TypeError) as e:
         raise ValueError(f"{where}: cannot read them as SQuAD-format JSON: {e}") from e
     try:

@@ -151,7 +151,11 @@ def test_bundle_calibrates_on_held_out_questions(tmp_path: Path) -> None:
     ("flags", "message"),
     [
         (["--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "3:4"], "fewer than two articles"),
-        (["--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "200"], "cannot read them as SQuAD-format"),
+        (
+            ["--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "200"],
+            "articles 200: articles '200': '200' selects none",
+        ),
+        (["--calibrate-data", str(KORQUAD_DEV.parent / "README.md")], "cannot read them as SQuAD-format"),
         (["--calibrate-data", "missing.json"], "missing.json articles all: cannot read them"),
         (["--calibrate-articles", "0:2"], "need --calibrate-data"),
         (["--calibrate-metric", "squad"], "--calibrate-metric need --calibrate-data"),
