@@ -33,6 +33,11 @@ class ArticleRangeError(ValueError):
     """An article range that selects no article of the data file."""
 
 
+def article_count(path: str | Path) -> int:
+    """How many articles a SQuAD-format file holds: what article ranges are parsed against."""
+    return len(json.loads(Path(path).read_text(encoding="utf-8"))["data"])
+
+
 def parse_articles(spec: str | None, n_articles: int) -> list[int]:
     """'0:112' -> 0..111; '0:28,56:112' -> a union, in order; None -> every article. Ends work like slices,
     but a part that selects no article is an error: a range past the end must not quietly become no data."""

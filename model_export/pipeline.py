@@ -27,7 +27,7 @@ from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_
 from app.settings import cpu_quota
 from model_export.bundle import BUNDLE_FILE_NAMES, rewrite_manifest, training_record, write_bundle
 from model_export.config import BuildConfig, BuildStage, ConfigError, ExportSection
-from model_export.data import ArticleRangeError, Example, cross_article_pairs, load_examples
+from model_export.data import ArticleRangeError, Example, article_count, cross_article_pairs, load_examples
 from model_export.export import ExportError
 from model_export.metrics import Metric
 
@@ -226,7 +226,7 @@ def fold_splits(data_file: str, train_articles: str, folds: int) -> list[tuple[s
     script trains the same folds and returns the same layout."""
     from model_export.data import article_folds, parse_articles
 
-    n_articles = len(json.loads(Path(data_file).read_text(encoding="utf-8"))["data"])
+    n_articles = article_count(data_file)
     splits = article_folds(train_articles, folds, n_articles)
     if any(len(parse_articles(held, n_articles)) < 2 for _, held in splits):
         # before any training: each block needs cross-article pairs for the null threshold
@@ -485,7 +485,7 @@ def check_splits(cfg: BuildConfig, held_out: dict[str, tuple[str, str]] | None =
     if c.enabled and not c.folds:
         pairs["calibrate"] = (c.fit_articles, c.dev_articles)
     try:
-        n = len(json.loads(Path(d.file).read_text(encoding="utf-8"))["data"])
+        n = article_count(d.file)
 
         def clash(a: tuple[str, str], b: tuple[str, str]) -> None:
             if shared := sorted(set(parse_articles(a[1], n)) & set(parse_articles(b[1], n))):
@@ -871,7 +871,7 @@ def calibration_data(
     where = f"--calibrate-data {data} articles {articles or 'all'}"
     try:
         if articles is None:
-            articles = f"0:{len(json.loads(Path(data).read_text(encoding='utf-8'))['data'])}"
+            articles = f"0:{article_count(data)}"
         examples = calibration_questions(str(data), articles)
     except ArticleRangeError as e:
         raise ValueError(f"{where}: {e}") from e
