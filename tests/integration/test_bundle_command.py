@@ -12,10 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.engine.bundle import read_manifest, verify_bundle
+from app.engine.spans import calibrated
 from app.main import create_app
 from app.settings import Settings
 from model_export import evaluate
 from model_export.__main__ import main
+from model_export.bundle import rewrite_manifest
 from model_export.data import load_squad
 from tests.integration.test_service import wait_ready
 from tests.support.tiny_archs import ARCHS, build_checkpoint
@@ -137,14 +139,24 @@ def test_bundle_calibrates_on_held_out_questions(tmp_path: Path) -> None:
     assert record["served_by"]["file"] == "model.int8.onnx"
     assert (tmp_path / "bundle.work" / "calibrate" / "held_out_logits.npz").is_file()
 
+    # the same bundle with the identity map: the service must serve the same spans, each score the map of the raw
+    # share (a tiny random model may still be right on a one-character answer, so no EM is assumed)
+    raw_dir = tmp_path / "raw"
+    shutil.copytree(out, raw_dir)
+    rewrite_manifest(raw_dir, m.model_copy(update={"score_calibration": (1.0, 0.0)}))
     question, context = korean_pair()
-    with TestClient(create_app(Settings(model_dir=out, intra_op_threads=1))) as client:
-        wait_ready(client)
-        body = client.post("/answer", json={"question": question, "context": context, "top_k": 3}).json()
-    # a random model is never right (EM 0): the map fitted to that scores every answer at Platt's smoothed base
-    # rate, 1 / (n + 2), where its raw shares are near 0.01
-    assert record["em_f1_no_abstention"][0] == 0.0
-    assert body["answers"] and all(abs(a["score"] - 1 / (n + 2)) < 1e-3 for a in body["answers"])
+    answers = {}
+    for name, model_dir in (("calibrated", out), ("raw", raw_dir)):
+        with TestClient(create_app(Settings(model_dir=model_dir, intra_op_threads=1))) as client:
+            wait_ready(client)
+            body = client.post("/answer", json={"question": question, "context": context, "top_k": 3}).json()
+        answers[name] = body["answers"]
+    assert answers["raw"] and [(a["start"], a["end"]) for a in answers["raw"]] == [
+        (a["start"], a["end"]) for a in answers["calibrated"]
+    ]
+    for raw, cal in zip(answers["raw"], answers["calibrated"], strict=True):
+        assert cal["score"] == pytest.approx(calibrated(raw["score"], m.score_calibration), abs=1e-6)
+    assert [a["score"] for a in answers["raw"]] != [a["score"] for a in answers["calibrated"]]
 
 
 @pytest.mark.parametrize(
