@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from app.engine.spans import Calibration, PassageLogits, calibrated, decode_passages
+from app.engine.spans import Calibration, PassageLogits, calibrated, decode_passages, sigmoid
 from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows
 from model_export.data import Example, cross_article_pairs, load_examples
 from model_export.metrics import METRICS, Metric, exact_match, f1
@@ -276,7 +276,7 @@ def fit_platt(own: Sequence[Outcome], margin: bool = False, iterations: int = 50
     w = np.zeros(x.shape[1])
     w[0] = 1.0
     for _ in range(iterations):
-        p = 1 / (1 + np.exp(-x @ w))
+        p = sigmoid(x @ w)
         grad = x.T @ (p - correct)
         hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(len(w))
         step = np.linalg.solve(hess, grad)

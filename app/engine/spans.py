@@ -81,6 +81,13 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return z / z.sum()
 
 
+def sigmoid(z: np.ndarray | float) -> np.ndarray:
+    """1 / (1 + e^-z) without overflow: a map fitted to an always-wrong model drives z far below zero, where
+    e^-z is inf (and numpy warns) although the limit, 0, is exact."""
+    e = np.exp(-np.abs(z))
+    return np.where(np.asarray(z) >= 0, 1 / (1 + e), e / (1 + e))
+
+
 Calibration = tuple[float, float] | tuple[float, float, float]
 
 
@@ -96,7 +103,7 @@ def calibrated(p: float, calibration: Calibration, margin: float = 0.0) -> float
     # without a margin weight the margin plays no part, even an infinite one (a question with no candidate span)
     if c:
         z += c * margin
-    return float(1.0 / (1.0 + np.exp(-z)))
+    return float(sigmoid(z))
 
 
 def decode_spans(

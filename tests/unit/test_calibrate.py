@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from app.engine.spans import calibrated
+from app.engine.spans import calibrated, sigmoid
 from model_export.calibrate import (
     Outcome,
     auroc,
@@ -115,6 +115,23 @@ def test_calibration_is_monotone_and_identity_by_default(p: float, a: float, b: 
     assert calibrated(p, (1.0, 0.0)) == p
     q = min(p + 0.05, 1.0)
     assert calibrated(p, (a, b)) <= calibrated(q, (a, b)) + 1e-12
+
+
+@given(st.floats(-1e6, 1e6))
+def test_sigmoid_is_the_logistic_function_without_overflow(z: float):
+    with np.errstate(over="raise", invalid="raise"):  # an overflow in exp raises here instead of warning
+        p = float(sigmoid(z))
+    assert 0.0 <= p <= 1.0 and p == pytest.approx(1 / (1 + np.exp(-np.clip(z, -700, 700))), rel=1e-12, abs=1e-300)
+    assert float(sigmoid(-z)) == pytest.approx(1 - p, abs=1e-15)
+
+
+def test_platt_on_an_always_wrong_model_scores_near_the_smoothed_base_rate():
+    # Newton runs the log-odds to large negative values here; neither the fit nor the map may overflow or NaN
+    own = [Outcome(np.array([2.0, 0.0, -1.0]), 0.0, "x", 0.0, 0.0) for _ in range(50)]
+    with np.errstate(over="raise", invalid="raise"):
+        a, b = fit_platt(own)
+        score = top_score(own[0], (a, b))
+    assert score == pytest.approx(1 / 52, rel=1e-3)
 
 
 def test_ece_of_perfect_and_of_overconfident_scores():
