@@ -33,6 +33,11 @@ from model_export.calibrate import (
 from model_export.train import load_tokenizer
 
 
+def _mean(x: np.ndarray) -> str:
+    # a model that is never (or always) right leaves one group empty: print "none", not numpy's NaN and warning
+    return f"{x.mean():.3f}" if len(x) else "none"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", required=True, help="dev_logits.npz files or PyTorch checkpoint dirs")
@@ -63,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         right = np.array([x.exact for x in o])
         print(
             f"{model}: n {len(o)}, EM {100 * right.mean():.2f}, F1 {100 * np.mean([x.f1 for x in o]):.2f}, "
-            f"mean top share {share.mean():.3f} (right {share[right == 1].mean():.3f}, "
-            f"wrong {share[right == 0].mean():.3f}), raw ECE {ece(share, right):.4f}, "
+            f"mean top share {share.mean():.3f} (right {_mean(share[right == 1])}, "
+            f"wrong {_mean(share[right == 0])}), raw ECE {ece(share, right):.4f}, "
             f"Platt {np.round(fit_platt(o), 3).tolist()}"
         )
 
