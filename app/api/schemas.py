@@ -51,7 +51,10 @@ class AnswerRequestBase(BaseModel):
 
 class AnswerOut(BaseModel):
     text: str = Field(description="Exactly context[start:end].")
-    score: float = Field(description="Softmax probability over the request's candidate spans.")
+    score: float = Field(
+        description="Estimated probability that the span is right: its softmax share over the request's candidate "
+        "spans, mapped by the bundle's score calibration (the raw share when the bundle has none)."
+    )
     start: int = Field(description="Start offset in characters (Unicode code points) of the context.")
     end: int = Field(description="End offset (exclusive).")
 
@@ -69,7 +72,10 @@ class BatchAnswerResponse(BaseModel):
 
 class ReadAnswerOut(BaseModel):
     text: str = Field(description="Exactly passages[passage][start:end].")
-    score: float = Field(description="Softmax probability over the candidate spans of all passages.")
+    score: float = Field(
+        description="Estimated probability that the span is right: its softmax share over the candidate spans of "
+        "all passages, mapped by the bundle's score calibration (the raw share when the bundle has none)."
+    )
     passage: int = Field(description="Index of the passage in the request's `passages`.")
     start: int = Field(description="Start offset in characters (Unicode code points) of that passage.")
     end: int = Field(description="End offset (exclusive).")
