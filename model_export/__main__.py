@@ -13,6 +13,7 @@ import types
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
+from model_export.config import add_window_flags
 from model_export.metrics import METRICS
 
 log = logging.getLogger("model_export")
@@ -171,9 +172,7 @@ def add_validate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="the checkpoint the ONNX files were exported from")
     p.add_argument("--onnx-dir", required=True, help="export output dir (export.json, model*.onnx)")
     p.add_argument("--variants", nargs="+", default=["fp32", "fp16", "int8"], help="precisions to check if present")
-    p.add_argument("--max-seq-length", type=int, default=384, help="window length (default 384)")
-    p.add_argument("--doc-stride", type=int, default=128, help="window overlap (default 128)")
-    p.add_argument("--max-query-length", type=int, default=64, help="question tokens kept (default 64)")
+    add_window_flags(p)
     p.add_argument("--data", default=None, help="SQuAD-format file for validation pairs (default: built-in samples)")
     p.add_argument("--articles", default="0:112", help="articles of --data (default 0:112, the training split)")
     p.add_argument("--max-examples", type=int, default=16, help="questions taken from --data (default 16)")

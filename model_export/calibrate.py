@@ -34,8 +34,9 @@ import numpy as np
 
 from app.engine.spans import Calibration, PassageLogits, calibrated, decode_passages, sigmoid
 from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows
+from model_export.config import add_window_flags, window_flags
 from model_export.data import Example, cross_article_pairs, load_examples
-from model_export.metrics import METRICS, Metric, exact_match, f1
+from model_export.metrics import CALIBRATION_METRIC, METRICS, Metric, exact_match, f1
 
 log = logging.getLogger(__name__)
 ALL_CANDIDATES = 10_000
@@ -99,7 +100,7 @@ LogitsOf = Callable[[Sequence[Example]], list[list[tuple[np.ndarray, np.ndarray]
 
 def write_dev_logits(logits_of: LogitsOf, examples: Sequence[Example], path: Path) -> Path:
     """own/ (each question with its paragraph) and cross/ (with another article's) logits in one npz;
-    `logits_of` is a checkpoint's (`checkpoint_logits`) or a bundle's (`bundle_logits`)."""
+    `logits_of` is a checkpoint's (`checkpoint_logits`) or a bundle's (`ServedBundle.logits`)."""
     cross = cross_article_pairs(list(examples), random.Random(0))
     tmp = path.with_suffix(".parts")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,7 @@ def fit_from_logits(
     w: Any,
     trim_suffixes: Sequence[str],
     margin: bool = False,
-    metric: Metric = "korquad",
+    metric: Metric = CALIBRATION_METRIC,
 ) -> tuple[dict[str, Any], list[Outcome]]:
     """Fit calibration and threshold from dev-logits npz files, each with the articles its model never saw
     (one dev slice, or the held-out block of each fold); returns (the manifest's record, own outcomes).
@@ -197,7 +198,7 @@ def outcomes(
     logits: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]],
     trim_suffixes: Sequence[str],
     max_answer_length: int = 30,
-    metric: Metric = "korquad",
+    metric: Metric = CALIBRATION_METRIC,
 ) -> list[Outcome]:
     out = []
     for e, ws, lg in zip(examples, windows, logits, strict=True):
@@ -382,7 +383,7 @@ def reliability_plot(own: Sequence[Outcome], calibration: Calibration, path: Pat
     plt.close(fig)
 
 
-def served_file(bundle_dir: Path, m: Any) -> dict[str, str]:
+def served_file(m: Any) -> dict[str, str]:
     """The file and runtime the CPU service picks for a bundle on this machine, and why: what calibration and
     the test figures run through."""
     from app.engine.hardware import cpu_flags, pick_runtime, pick_variant
@@ -394,29 +395,47 @@ def served_file(bundle_dir: Path, m: Any) -> dict[str, str]:
     return {"file": file, "runtime": runtime.name, "why": f"{variant.reason}; {runtime.reason}"}
 
 
-def bundle_logits(bundle_dir: Path, examples: Sequence[Example], threads: int = 2) -> tuple[Any, list, list]:
-    """The shipped ONNX file's per-window logits, one window per call as the CPU service runs them."""
-    from tokenizers import Tokenizer
+@dataclass(frozen=True)
+class ServedBundle:
+    """A bundle opened once as the CPU service would open it: its manifest, the file picked on this machine
+    (`served`), that file's session and the tokenizer. Every run through it reuses the session."""
 
-    from app.engine.bundle import read_manifest
-    from app.engine.runtime import open_runtime
-    from app.engine.windows import pad_batch, pad_token_id
+    manifest: Any
+    served: dict[str, str]
+    runtime: Any
+    tokenizer: Any
 
-    m = read_manifest(bundle_dir)
-    served = served_file(bundle_dir, m)
-    file, runtime = served["file"], served["runtime"]
-    rt = open_runtime(bundle_dir / file, m.input_names, m.output_names, runtime, "cpu", threads)
-    tok = Tokenizer.from_file(str(bundle_dir / m.tokenizer))
-    pad = pad_token_id(tok)
-    per = windows_for(tok, examples, m)
-    logits = []
-    for ws in per:
-        out = []
-        for w in ws:
-            s, e = rt.run(pad_batch([w], pad, rt.pad_multiple))
-            out.append((s[0, : len(w)], e[0, : len(w)]))
-        logits.append(out)
-    return m, per, logits
+    @classmethod
+    def open(cls, bundle_dir: Path, threads: int = 2) -> ServedBundle:
+        from tokenizers import Tokenizer
+
+        from app.engine.bundle import read_manifest
+        from app.engine.runtime import open_runtime
+
+        m = read_manifest(bundle_dir)
+        served = served_file(m)
+        rt = open_runtime(bundle_dir / served["file"], m.input_names, m.output_names, served["runtime"], "cpu", threads)
+        return cls(m, served, rt, Tokenizer.from_file(str(bundle_dir / m.tokenizer)))
+
+    def windows_and_logits(
+        self, examples: Sequence[Example]
+    ) -> tuple[list[list[Window]], list[list[tuple[np.ndarray, np.ndarray]]]]:
+        """Each question's windows and their logits, one window per call as the CPU service runs them."""
+        from app.engine.windows import pad_batch, pad_token_id
+
+        pad = pad_token_id(self.tokenizer)
+        per = windows_for(self.tokenizer, examples, self.manifest)
+        logits = []
+        for ws in per:
+            out = []
+            for w in ws:
+                s, e = self.runtime.run(pad_batch([w], pad, self.runtime.pad_multiple))
+                out.append((s[0, : len(w)], e[0, : len(w)]))
+            logits.append(out)
+        return per, logits
+
+    def logits(self, examples: Sequence[Example]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        return self.windows_and_logits(examples)[1]
 
 
 def measure_bundle(
@@ -428,11 +447,12 @@ def measure_bundle(
     answerable questions only: the cross-article pairs are the questions it should abstain on."""
     examples = calibration_questions(data, articles)
     cross = cross_article_pairs(examples, random.Random(0))
-    m, per, logits = bundle_logits(bundle_dir, examples, threads)
-    _, per_x, logits_x = bundle_logits(bundle_dir, cross, threads)
-    # a record without one was fitted before the choice existed, on KorQuAD's exact match
-    fitted_with = m.calibration.get("metric", "korquad")
-    metric = metric or next((x for x in METRICS if x == fitted_with), "korquad")
+    bundle = ServedBundle.open(bundle_dir, threads)
+    m = bundle.manifest
+    per, logits = bundle.windows_and_logits(examples)
+    per_x, logits_x = bundle.windows_and_logits(cross)
+    fitted_with = m.calibration.get("metric", CALIBRATION_METRIC)
+    metric = metric or next((x for x in METRICS if x == fitted_with), CALIBRATION_METRIC)
     own = outcomes(examples, per, logits, m.trim_suffixes, metric=metric)
     neg = outcomes(cross, per_x, logits_x, m.trim_suffixes, metric=metric)
     result = {
@@ -468,14 +488,12 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if not (args.logits and args.tokenizer):
         raise SystemExit("calibrate: give --logits and --tokenizer to fit, or --bundle to measure")
-    windows = argparse.Namespace(
-        max_seq_length=args.max_seq_length, doc_stride=args.doc_stride, max_query_length=args.max_query_length
-    )
+    windows = window_flags(args)
     if len(args.logits) != len(args.articles):
         raise SystemExit("calibrate: give one --articles range per --logits file (the articles its model never saw)")
     tokenizer = load_tokenizer(args.tokenizer)
     parts = [(Path(f), a) for f, a in zip(args.logits, args.articles, strict=True)]
-    metric = args.metric or "korquad"
+    metric = args.metric or CALIBRATION_METRIC
     result, own = fit_from_logits(parts, args.data, tokenizer, windows, args.trim_suffixes, args.margin, metric)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -514,8 +532,6 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="whose exact match makes an answer right: korquad (the default when fitting) or squad, which also "
         "drops English articles (a, an, the); --bundle: by default the one its calibration was fitted with",
     )
-    p.add_argument("--max-seq-length", type=int, default=384)
-    p.add_argument("--doc-stride", type=int, default=128)
-    p.add_argument("--max-query-length", type=int, default=64)
+    add_window_flags(p)
     p.add_argument("--out", required=True, help="calibration[_test].json and reliability_{dev,test}.png")
     p.set_defaults(func=_calibrate_command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import tomllib
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from model_export.metrics import Metric
+from model_export.metrics import CALIBRATION_METRIC, Metric
 
 Variant = Literal["fp32", "fp16", "int8"]
 
@@ -47,6 +48,25 @@ class WindowsSection(_Section):
     max_seq_length: int = Field(384, gt=8)
     doc_stride: int = Field(128, ge=0)
     max_query_length: int = Field(64, gt=0)
+
+
+def add_window_flags(p: argparse.ArgumentParser) -> None:
+    """--max-seq-length, --doc-stride and --max-query-length for a command that windows text on its own; the
+    defaults are the build config's, so that its numbers match a build that set none."""
+    for field, what in (
+        ("max_seq_length", "window length"),
+        ("doc_stride", "window overlap"),
+        ("max_query_length", "question tokens kept"),
+    ):
+        default = WindowsSection.model_fields[field].default
+        p.add_argument("--" + field.replace("_", "-"), type=int, default=default, help=f"{what} (default {default})")
+
+
+def window_flags(args: argparse.Namespace) -> WindowsSection:
+    """The windows `add_window_flags` parsed, checked as the build config checks them."""
+    return WindowsSection(
+        max_seq_length=args.max_seq_length, doc_stride=args.doc_stride, max_query_length=args.max_query_length
+    )
 
 
 def _train_section() -> type[BaseModel]:
@@ -144,7 +164,7 @@ class CalibrateSection(_Section):
     # the map's inputs: the span's share only (Platt's a, b), or its null margin too (c; app.engine.spans.calibrated)
     margin: bool = False
     # whose exact match makes a top answer right: squad also drops English articles (a, an, the)
-    metric: Metric = "korquad"
+    metric: Metric = CALIBRATION_METRIC
 
     @model_validator(mode="after")
     def _folds_are_several(self) -> CalibrateSection:

@@ -29,7 +29,7 @@ from model_export.bundle import BUNDLE_FILE_NAMES, rewrite_manifest, training_re
 from model_export.config import BuildConfig, BuildStage, ConfigError, ExportSection
 from model_export.data import ArticleRangeError, Example, article_count, cross_article_pairs, load_examples
 from model_export.export import ExportError
-from model_export.metrics import Metric
+from model_export.metrics import CALIBRATION_METRIC, Metric
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def held_out_logits(
     `calibrate.logits = "served"`: through the file the build would ship for that model (fold_dir/served, see
     `served_bundle`), into served_logits.npz; "checkpoint": through PyTorch, into dev_logits.npz.
     """
-    from model_export.calibrate import bundle_logits, calibration_questions, checkpoint_logits, write_dev_logits
+    from model_export.calibrate import ServedBundle, calibration_questions, checkpoint_logits, write_dev_logits
 
     served = cfg.calibrate.logits == "served"
     logits = fold_dir / ("served_logits.npz" if served else "dev_logits.npz")
@@ -267,7 +267,7 @@ def held_out_logits(
     fit = load_examples(cfg.data.file, fit_articles)
     bundle = served_bundle(cfg, fit_model, fit, vocabulary, fold_dir / "served")
     threads = cfg.evaluate.threads or cpu_quota()
-    return write_dev_logits(lambda exs: bundle_logits(bundle, exs, threads)[2], dev, logits)
+    return write_dev_logits(ServedBundle.open(bundle, threads).logits, dev, logits)
 
 
 def served_bundle(
@@ -881,7 +881,7 @@ def calibration_data(
         cross_article_pairs(examples, random.Random(0))  # what calibration will build from them
     except ValueError as e:
         raise ValueError(f"{where}: {len(examples)} answerable questions from fewer than two articles: {e}") from e
-    return CalibrationData(Path(data), articles, examples, margin, metric or "korquad")
+    return CalibrationData(Path(data), articles, examples, margin, metric or CALIBRATION_METRIC)
 
 
 def calibrate_bundle(
@@ -890,26 +890,20 @@ def calibrate_bundle(
     """A bundle's score calibration and null threshold, fitted on questions its model never saw through the file
     the service picks on this machine's CPU, as manifest fields. Each question runs with its own paragraph and
     with another article's, as for the default bundle (`calibrate_stage`)."""
-    from tokenizers import Tokenizer
+    from model_export.calibrate import ServedBundle, fit_from_logits, write_dev_logits
 
-    from model_export.calibrate import bundle_logits, fit_from_logits, served_file, write_dev_logits
-
-    manifest = read_manifest(bundle_dir)
-    threads = threads or cpu_quota()
-    logits = write_dev_logits(
-        lambda exs: bundle_logits(bundle_dir, exs, threads)[2], held_out.examples, work / "held_out_logits.npz"
-    )
-    tokenizer = Tokenizer.from_file(str(bundle_dir / manifest.tokenizer))
+    bundle = ServedBundle.open(bundle_dir, threads or cpu_quota())
+    logits = write_dev_logits(bundle.logits, held_out.examples, work / "held_out_logits.npz")
     record, _ = fit_from_logits(
         [(logits, held_out.articles)],
         str(held_out.data),
-        tokenizer,
-        manifest,
-        manifest.trim_suffixes,
+        bundle.tokenizer,
+        bundle.manifest,
+        bundle.manifest.trim_suffixes,
         held_out.margin,
         held_out.metric,
     )
-    record["served_by"] = served_file(bundle_dir, manifest)
+    record["served_by"] = bundle.served
     log.info("calibration: %s", record)
     return calibration_fields(record)
 

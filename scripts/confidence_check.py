@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from model_export.calibrate import (
     top_share,
     windows_for,
 )
+from model_export.config import add_window_flags, window_flags
 from model_export.train import load_tokenizer
 
 
@@ -45,15 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--articles", required=True, help="held out from every model, e.g. 100:112")
     p.add_argument("--tokenizer", required=True, help="dir with the tokenizer all models share")
     p.add_argument("--trim-suffixes", nargs="*", default=[])
-    p.add_argument("--max-seq-length", type=int, default=384)
-    p.add_argument("--doc-stride", type=int, default=128)
-    p.add_argument("--max-query-length", type=int, default=64)
+    add_window_flags(p)
     args = p.parse_args(argv)
 
     questions = calibration_questions(args.data, args.articles)
-    w = SimpleNamespace(
-        max_seq_length=args.max_seq_length, doc_stride=args.doc_stride, max_query_length=args.max_query_length
-    )
+    w = window_flags(args)
     windows = windows_for(load_tokenizer(args.tokenizer), questions, w)
     for model in map(Path, args.models):
         if model.is_dir():

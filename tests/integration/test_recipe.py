@@ -152,7 +152,7 @@ def test_out_of_fold_calibration_scores_every_training_question_with_a_model_tha
     """calibrate.folds = 3: three fold models, each trained without one block of articles, made into the file the
     build ships, and run on that block through it."""
     from app.engine.bundle import read_manifest
-    from model_export.calibrate import bundle_logits, fit_from_logits, load_logits
+    from model_export.calibrate import ServedBundle, fit_from_logits, load_logits
     from model_export.pipeline import calibrate_stage
     from model_export.train import load_tokenizer
 
@@ -185,7 +185,7 @@ def test_out_of_fold_calibration_scores_every_training_question_with_a_model_tha
         # the logits are the served file's, one window per call, as the service runs it
         bundle = fold / "served" / "bundle"
         assert read_manifest(bundle).validation and not (fold / "dev_logits.npz").exists()
-        for a, b in zip(logits, bundle_logits(bundle, held_out, 1)[2], strict=True):
+        for a, b in zip(logits, ServedBundle.open(bundle, 1).logits(held_out), strict=True):
             np.testing.assert_array_equal(np.concatenate([s for s, _ in a]), np.concatenate([s for s, _ in b]))
         seen += ids
         if i == 1:  # stopped after its training, before its logits: the finished model is reused
