@@ -85,23 +85,21 @@ def batch_groups(windows: list[Window]) -> list[list[int]]:
     return groups
 
 
-def make_batches(windows: list[Window], pad_id: int) -> list[dict[str, np.ndarray]]:
-    """The model inputs of each `batch_groups` batch, each padded to its longest window."""
-    return [pad_batch([windows[j] for j in group], pad_id) for group in batch_groups(windows)]
-
-
-def decoded_positions(windows: list[Window]) -> list[np.ndarray]:
-    """For each `make_batches` batch, (batch, width) bool: [CLS], which scores the null answer, and the context
-    tokens, where spans lie. The rest (question, separators, padding) no answer depends on."""
-    masks = []
+def validation_batches(windows: list[Window], pad_id: int) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+    """The model inputs of each `batch_groups` batch, each padded to its longest window, and for each batch a
+    (batch, width) bool mask of the positions decoding reads: [CLS], which scores the null answer, and the
+    context tokens, where spans lie. The rest (question, separators, padding) no answer depends on."""
+    batches, masks = [], []
     for group in batch_groups(windows):
         chosen = [windows[j] for j in group]
-        mask = np.zeros((len(chosen), max(len(w) for w in chosen)), dtype=bool)
+        batch = pad_batch(chosen, pad_id)
+        mask = np.zeros(batch["input_ids"].shape, dtype=bool)
         for row, w in enumerate(chosen):
             mask[row, 0] = True
             mask[row, w.context_start : w.context_end] = True
+        batches.append(batch)
         masks.append(mask)
-    return masks
+    return batches, masks
 
 
 def torch_outputs(
@@ -160,7 +158,7 @@ def compare(
     batches: list[dict[str, np.ndarray]],
     decoded: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Max/mean |diff| over the positions decoding reads (`decoded_positions`; without them, every real token),
+    """Max/mean |diff| over the positions decoding reads (`validation_batches`' masks; without them, every real token),
     and how often start/end argmax over real tokens agree. (The argmax keeps every real token: a trained model
     never puts it on the question, and a random test model's near-ties flip less often among more tokens.)"""
     diffs: list[np.ndarray] = []
@@ -260,7 +258,7 @@ def validate(
     if tokenizer is None:
         tokenizer = load_tokenizer(str(model))
     windows = validation_windows(tokenizer, list(pairs or SAMPLE_PAIRS), max_seq_length, doc_stride, max_query_length)
-    batches, decoded = make_batches(windows, pad_token_id(tokenizer)), decoded_positions(windows)
+    batches, decoded = validation_batches(windows, pad_token_id(tokenizer))
     reference = torch_outputs(model, batches, input_names)
     tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     variants = {

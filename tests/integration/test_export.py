@@ -20,8 +20,8 @@ from model_export.validate import (
     Tolerance,
     ValidationFailed,
     check_structure,
-    make_batches,
     validate_variant,
+    validation_batches,
     validation_windows,
 )
 
@@ -115,7 +115,7 @@ def test_fp16_variant_keeps_io_types(tiny_bundle: Path, tmp_path: Path) -> None:
 
 def test_validation_fails_loudly_with_numbers(tiny_bundle: Path) -> None:
     tok = load_tokenizer(str(tiny_bundle))
-    batches = make_batches(validation_windows(tok, SAMPLE_PAIRS, 128, 32, 32), pad_token_id(tok))
+    batches, _ = validation_batches(validation_windows(tok, SAMPLE_PAIRS, 128, 32, 32), pad_token_id(tok))
     session = ort.InferenceSession(str(tiny_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     # a reference that is off by 0.01 everywhere stands in for a graph that drifted from the model
     wrong = [tuple(x + 0.01 for x in session.run(OUTPUTS, b)) for b in batches]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from model_export.validate import compare, decoded_positions, make_batches, validation_windows
+from model_export.validate import compare, validation_batches, validation_windows
 
 PAIRS = [
     ("대한민국의 수도는?", "대한민국의 수도는 서울이다. 서울은 한강을 끼고 있다. " * 6),
@@ -17,7 +17,7 @@ PAIRS = [
 
 def test_only_cls_and_context_positions_are_compared(tokenizer: Tokenizer) -> None:
     windows = validation_windows(tokenizer, PAIRS, 48, 16, 16)
-    batches, decoded = make_batches(windows, 0), decoded_positions(windows)
+    batches, decoded = validation_batches(windows, 0)
     assert sum(len(b["input_ids"]) for b in batches) == len(windows)
     for b, mask in zip(batches, decoded, strict=True):
         real = b["attention_mask"].astype(bool)
