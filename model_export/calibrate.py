@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,12 @@ from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows
 from model_export.config import add_window_flags, window_flags
 from model_export.data import Example, cross_article_pairs, load_examples
 from model_export.metrics import CALIBRATION_METRIC, METRICS, Metric, exact_match, f1
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from app.engine.bundle import Manifest
+    from app.engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
 ALL_CANDIDATES = 10_000
@@ -49,7 +55,7 @@ class Outcome:
     logits: np.ndarray  # every distinct candidate's logit, best first
     null_logit: float
     text: str  # the top answer
-    exact: float  # KorQuAD exact match of the top answer (0 for unanswerable pairs)
+    exact: float  # exact match of the top answer by the calibration's metric (0 for unanswerable pairs)
     f1: float
 
     @property
@@ -383,7 +389,7 @@ def reliability_plot(own: Sequence[Outcome], calibration: Calibration, path: Pat
     plt.close(fig)
 
 
-def served_file(m: Any) -> dict[str, str]:
+def served_file(m: Manifest) -> dict[str, str]:
     """The file and runtime the CPU service picks for a bundle on this machine, and why: what calibration and
     the test figures run through."""
     from app.engine.hardware import cpu_flags, pick_runtime, pick_variant
@@ -400,10 +406,10 @@ class ServedBundle:
     """A bundle opened once as the CPU service would open it: its manifest, the file picked on this machine
     (`served`), that file's session and the tokenizer. Every run through it reuses the session."""
 
-    manifest: Any
+    manifest: Manifest
     served: dict[str, str]
-    runtime: Any
-    tokenizer: Any
+    runtime: Runtime
+    tokenizer: Tokenizer
 
     @classmethod
     def open(cls, bundle_dir: Path, threads: int = 2) -> ServedBundle:

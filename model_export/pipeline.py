@@ -858,7 +858,7 @@ class CalibrationData(NamedTuple):
     articles: str
     examples: list[Example]
     margin: bool = False
-    metric: Metric = "korquad"  # whose exact match makes a top answer right
+    metric: Metric = CALIBRATION_METRIC  # whose exact match makes a top answer right
 
 
 def calibration_data(
