@@ -53,6 +53,16 @@ class PairEncoding:
 
 
 @dataclass(frozen=True)
+class WindowSpec:
+    """How a question and its context are cut into model windows: the one window type that training,
+    evaluation, calibration and serving share (a bundle's manifest and a build config both hold one)."""
+
+    max_seq_length: int = 384
+    doc_stride: int = 128  # context tokens that consecutive windows share
+    max_query_length: int = 64  # question tokens kept
+
+
+@dataclass(frozen=True)
 class Window:
     """One model input: [prefix] question [middle] context[lo:hi] [suffix]."""
 
@@ -90,7 +100,7 @@ def split_encoding(encoding: _Encoding) -> PairEncoding:
         middle=ids[q1:c0],
         context=ids[c0:c1],
         suffix=ids[c1:],
-        context_offsets=offsets[c0:c1],
+        context_offsets=widen_zero_width(offsets[c0:c1]),
         type_ids=(
             types[0] if q0 > 0 else types[q0],
             types[q0],
@@ -99,6 +109,23 @@ def split_encoding(encoding: _Encoding) -> PairEncoding:
             types[c1] if c1 < len(types) else types[c0],
         ),
     )
+
+
+def widen_zero_width(offsets: np.ndarray) -> np.ndarray:
+    """Give each zero-width token the characters between the previous token's end and its own end.
+
+    After NFKC a tokenizer can report a kept character with an empty range placed one character late ("가\r\n":
+    "\r" at (2, 2), "\n" at (3, 3)), so the character before it belongs to no token; with doc_stride 0 it then
+    fell between two windows, where no answer could ever reach it.
+    """
+    out = offsets.copy()
+    if len(out) == 0:
+        return out
+    ends = out[:, 1]
+    before = np.concatenate([[0], np.maximum.accumulate(ends)[:-1]])
+    widen = (out[:, 0] == ends) & (before < ends)
+    out[widen, 0] = before[widen]
+    return out
 
 
 def encode_pairs(tokenizer: PairTokenizer, pairs: Sequence[tuple[str, str]]) -> list[PairEncoding]:
@@ -116,6 +143,14 @@ def encode_pairs(tokenizer: PairTokenizer, pairs: Sequence[tuple[str, str]]) -> 
             e.index = i
             raise
     return out
+
+
+def encode_windows(tokenizer: PairTokenizer, pairs: Sequence[tuple[str, str]], spec: WindowSpec) -> list[list[Window]]:
+    """Each (question, context) pair's windows: `encode_pairs` then `make_windows`, as training and serving cut them."""
+    return [
+        make_windows(p, spec.max_seq_length, spec.doc_stride, spec.max_query_length)
+        for p in encode_pairs(tokenizer, pairs)
+    ]
 
 
 def window_capacity(n_special: int, question_tokens: int, max_seq_length: int) -> int:

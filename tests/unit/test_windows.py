@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from app.engine.windows import PairEncoding, encode_pairs, label_window, make_windows, split_encoding
+from app.engine.windows import (
+    PairEncoding,
+    WindowSpec,
+    encode_pairs,
+    encode_windows,
+    label_window,
+    make_windows,
+    split_encoding,
+    widen_zero_width,
+)
 
 # Korean, Latin with accents, emoji (with modifiers and ZWJ), combining marks, odd whitespace, CJK
 ALPHABET = st.sampled_from(
@@ -62,6 +71,9 @@ def check_windows(pair: PairEncoding, context: str, max_seq: int, stride: int, m
 @given(
     question=QUESTION, context=TEXT, max_seq=st.integers(24, 96), stride=st.integers(0, 10)
 )  # room is >= 24 - 4 specials - 8 question
+# found by hypothesis: after NFKC the unigram tokenizer reports "\r" and "\n" one character late and zero-width, so
+# with stride 0 the window boundary before the "\n" token left the character before it in no window
+@example(question="가", context="가나다 가나다 가나다 가나다 \r\n", max_seq=24, stride=0)
 def test_windows_cover_everything_with_exact_offsets(tokenizer, question, context, max_seq, stride):
     if not _has_tokens(tokenizer, question, context):
         return
@@ -132,3 +144,21 @@ def test_split_encoding_templates(wordpiece, unigram):
 def test_empty_side_is_refused(wordpiece):
     with pytest.raises(ValueError, match="context produces no tokens"):
         split_encoding(wordpiece.encode("질문", ""))
+
+
+def test_zero_width_tokens_take_the_gap_before_them():
+    offsets = np.array([[0, 1], [0, 1], [2, 2], [3, 3], [3, 4]])
+    np.testing.assert_array_equal(widen_zero_width(offsets), [[0, 1], [0, 1], [1, 2], [2, 3], [3, 4]])
+    # a zero-width token with nothing before it to take stays as it is
+    np.testing.assert_array_equal(widen_zero_width(np.array([[0, 1], [1, 1]])), [[0, 1], [1, 1]])
+
+
+def test_encode_windows_is_encode_then_make(unigram):
+    spec = WindowSpec(max_seq_length=32, doc_stride=4, max_query_length=8)
+    pairs = [("질문?", "문장 " * 40), ("두 번째", "짧은 문맥")]
+    got = encode_windows(unigram, pairs, spec)
+    want = [make_windows(p, 32, 4, 8) for p in encode_pairs(unigram, pairs)]
+    assert [len(ws) for ws in got] == [len(ws) for ws in want] and len(got[0]) > 1
+    for a, b in zip(got, want, strict=True):
+        for wa, wb in zip(a, b, strict=True):
+            np.testing.assert_array_equal(wa.input_ids, wb.input_ids)
