@@ -23,7 +23,7 @@ def default_engine(settings: Settings, metrics: Metrics) -> Engine:
     # imported here so the HTTP layer's modules never import onnxruntime or tokenizers themselves
     from app.engine.qa import QAEngine
 
-    return QAEngine(settings, metrics)
+    return QAEngine(settings.engine_config(), metrics)
 
 
 def create_app(

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.engine.config import EngineConfig, ModelConfig
+from app.engine.hardware import cpu_quota
+
 # The bundle committed with the repository; the service serves it when QA_MODEL_DIR is unset.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
-
-
-def cpu_quota() -> int:
-    """CPUs this process may use: the cgroup quota when set (containers), else the affinity mask.
-
-    ONNX Runtime sizes its pool from the host's cores and ignores container limits, so the
-    default thread count must come from here.
-    """
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
 
 
 class Settings(BaseSettings):
@@ -157,6 +142,31 @@ class Settings(BaseSettings):
     @property
     def threads(self) -> int:
         return self.intra_op_threads or cpu_quota()
+
+    def engine_config(self) -> EngineConfig:
+        """What the engine needs of these settings (it never sees the HTTP ones)."""
+        return EngineConfig(
+            ModelConfig(
+                model_dir=self.model_dir,
+                variant=self.model_variant,
+                providers=self.providers,
+                runtime=self.runtime,
+                threads=self.intra_op_threads,
+                inter_op_threads=self.inter_op_threads,
+                cpu_mem_arena=self.cpu_mem_arena,
+                batch_windows=self.max_batch_windows,
+                top_n=self.top_n,
+            ),
+            warmup=self.warmup,
+            max_batch_tokens=self.max_batch_tokens,
+            max_delay_s=self.max_delay_ms / 1000,
+            max_batch_s=self.max_batch_ms / 1000,
+            max_queue_windows=self.max_queue_windows,
+            request_timeout_s=self.request_timeout_s,
+            max_windows_per_passage=self.max_windows_per_request,
+            graceful_timeout_s=self.graceful_timeout_s,
+            stall_timeout_s=self.stall_timeout_s,
+        )
 
     def api_keys(self) -> list[str]:
         """Every accepted bearer token; empty means authentication is off."""

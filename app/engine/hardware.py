@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,22 @@ from app.engine.bundle import BundleError
 # saturate (the reason for the quantizer's reduce_range), which costs accuracy as well as speed.
 INT8_DOT = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
 REPORTED = INT8_DOT | {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fp16", "bf16"}
+
+
+def cpu_quota() -> int:
+    """CPUs this process may use: the cgroup quota when set (containers), else the affinity mask.
+
+    ONNX Runtime sizes its pool from the host's cores and ignores container limits, so the
+    default thread count must come from here.
+    """
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 @dataclass(frozen=True)
