@@ -33,11 +33,24 @@ class CostModel:
 
     Attention makes the true cost grow faster than linearly with width, but windows are capped at
     max_seq_length, so a per-token rate is within a small factor and errs on the short side.
+
+    The average only moves when batches run, so a burst of CPU contention would leave it inflated on a
+    server that has since gone idle, refusing work it could do in time. Between batches it therefore
+    decays toward the idle rate (`fastest`), halving its excess every `half_life_s`.
     """
 
-    def __init__(self, alpha: float = 0.2, settle: int = 10) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.2,
+        settle: int = 10,
+        half_life_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.alpha = alpha
         self.settle = settle
+        self.half_life_s = half_life_s
+        self.clock = clock
+        self._last = clock()  # when the average last moved
         self.per_token: float | None = None  # unknown until the first batch (warmup measures one)
         # What an idle engine manages: the lowest the moving average has been once `settle` batches were
         # served. Neither one lucky batch nor the warm-up's timing of a lone dummy window counts: both ran
@@ -50,15 +63,25 @@ class CostModel:
         if tokens <= 0 or seconds <= 0:
             return
         rate = seconds / tokens
-        self.per_token = rate if self.per_token is None else (1 - self.alpha) * self.per_token + self.alpha * rate
+        current = self.rate()
+        self.per_token = rate if current is None else (1 - self.alpha) * current + self.alpha * rate
+        self._last = self.clock()
         self.observed += 1
         if self.fastest is None or self.observed == self.settle + 1:
             self.fastest = self.per_token
         else:
             self.fastest = min(self.fastest, self.per_token)
 
+    def rate(self) -> float | None:
+        """Seconds per token now: the moving average, decayed toward the idle rate since it last moved."""
+        if self.per_token is None or self.fastest is None or self.per_token <= self.fastest:
+            return self.per_token
+        idle = max(0.0, self.clock() - self._last)
+        return self.fastest + (self.per_token - self.fastest) * 0.5 ** (idle / self.half_life_s)
+
     def seconds(self, tokens: float) -> float:
-        return 0.0 if self.per_token is None else self.per_token * tokens
+        rate = self.rate()
+        return 0.0 if rate is None else rate * tokens
 
     def idle_seconds(self, tokens: float) -> float:
         return 0.0 if self.fastest is None else self.fastest * tokens
@@ -74,11 +97,11 @@ class _Job(Generic[W]):
     results: list[Logits | None] = field(default_factory=list)
     next: int = 0  # first window not yet scheduled
     remaining: int = 0  # windows without a result yet
-    joined: int = 0  # the scheduling round current when the job arrived
+    joined: int = 0  # the round of its first window: the one after the latest round scheduled when it arrived
 
     @property
     def round(self) -> int:
-        """The round its next window belongs to: one window per job per round, newcomers join the current one."""
+        """The round its next window belongs to: one window per job per round."""
         return self.joined + self.next
 
     @property
@@ -94,9 +117,13 @@ class Batcher(Generic[W]):
     """One asyncio task owns the queue; callers only append and await a future, so no lock is needed.
 
     Scheduling, one batch at a time so that new arrivals join the very next batch:
-    - fair queuing in rounds: each waiting request gets one window per round, a newcomer joins the
-      current round, and ties go to the earliest deadline. A request with 200 windows cannot hold
-      back one with a single window, and a steady stream of small requests cannot starve it either;
+    - fair queuing in rounds: every window belongs to a round, each waiting request has one window in
+      each round, and no window of round r+1 runs while one of round r waits (ties go to the earliest
+      deadline). A newcomer's first window joins the round after the latest one scheduled, never a
+      round already under way. So a request of k windows among n others finishes within k rounds of
+      at most n+1 windows each, (n+1)*k windows in all, however fast closed-loop clients resubmit: a
+      request with 200 windows cannot hold back one with a single window, nor a steady stream of
+      single windows starve it (had newcomers joined the current round, the round would never end);
     - a batch stops growing at the window budget, the padded-token budget, or when its estimated
       run time would pass `max_batch_s`, which bounds how long a newcomer waits for a free engine;
     - a request whose next window cannot finish before its deadline is failed at once instead of
@@ -207,7 +234,6 @@ class Batcher(Generic[W]):
             )
         widths = [padded_width(len(w), self.pad_multiple) for w in windows]
         tokens = sum(widths)
-        alone = self.cost.seconds(tokens)
         deadline_s = timeout_s if deadline_s is None else deadline_s
         # "never" is judged at the best rate seen, so a busy moment does not turn a 429 into a 422
         if self.cost.idle_seconds(tokens) > deadline_s:
@@ -216,6 +242,10 @@ class Batcher(Generic[W]):
                 f"server, more than the {deadline_s:g}s deadline (QA_REQUEST_TIMEOUT_S); send fewer or shorter "
                 "contexts"
             )
+        # an idle engine starts this request at once, at the rate an idle engine runs: an estimate still
+        # inflated by a burst that has passed must not refuse it
+        idle = not self._jobs and self._busy_since is None
+        alone = self.cost.idle_seconds(tokens) if idle else self.cost.seconds(tokens)
         if alone > timeout_s:
             raise Overloaded(
                 f"the request needs about {alone:.1f}s of model time and has {timeout_s:.1f}s left",
@@ -223,17 +253,20 @@ class Batcher(Generic[W]):
             )
         if self._queued + n > self.max_queue:
             raise Overloaded(
-                f"queue holds {self._queued} windows; limit {self.max_queue}", retry_after=self._drain_estimate()
+                f"queue holds {self._queued} windows; limit {self.max_queue}",
+                retry_after=self._drain_estimate(self._queued + n - self.max_queue),
             )
-        expected = self._finish_estimate(sum(widths))
+        expected = alone if idle else self._finish_estimate(tokens)
         if expected > timeout_s:
             raise Overloaded(
                 f"the work queued ahead would take about {expected:.1f}s; the deadline is {timeout_s:.1f}s away",
-                retry_after=self._drain_estimate(),
+                retry_after=self._wait_estimate(tokens, timeout_s),
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        job: _Job[W] = _Job(windows, widths, now + timeout_s, loop.create_future(), now, [None] * n, 0, n, self._round)
+        job: _Job[W] = _Job(
+            windows, widths, now + timeout_s, loop.create_future(), now, [None] * n, 0, n, self._round + 1
+        )
         if not windows:
             job.future.set_result([])
             return job.future
@@ -251,8 +284,24 @@ class Batcher(Generic[W]):
         shared = sum(min(job.tokens_left, tokens) for job in self._jobs)
         return self.cost.seconds(shared + tokens)
 
-    def _drain_estimate(self) -> float:
-        return self.cost.seconds(sum(job.tokens_left for job in self._jobs))
+    def _wait_estimate(self, tokens: int, timeout_s: float) -> float:
+        """Seconds until this request, sent again, would be admitted: the work ahead runs in rounds, one window
+        of each job per round, until what is left of it, shared fairly, leaves room for this one."""
+        left = [list(job.widths[job.next :]) for job in self._jobs]
+        done = 0
+        while any(left):
+            shared = sum(min(sum(widths), tokens) for widths in left)
+            if self.cost.seconds(shared + tokens) <= timeout_s:
+                break
+            for widths in left:
+                if widths:
+                    done += widths.pop(0)
+        return self.cost.seconds(done)
+
+    def _drain_estimate(self, windows: int | None = None) -> float:
+        """Seconds until the first `windows` queued windows have run (all of them by default)."""
+        widths = sorted((w for job in self._jobs for w in job.widths[job.next :]), reverse=True)
+        return self.cost.seconds(sum(widths if windows is None else widths[:windows]))
 
     # --- consumer side ---
     def _prune(self, now: float) -> None:

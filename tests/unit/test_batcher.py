@@ -174,7 +174,8 @@ async def test_requests_that_cannot_meet_their_deadline_are_refused_or_dropped()
     first = b.submit([Win(10)] * 4, 5)  # 4 s
     with pytest.raises(Overloaded) as refused:
         b.submit([Win(10)] * 3, 5)  # 3 s of its own + 3 s of fair share behind `first`
-    assert refused.value.retry_after == pytest.approx(4.0)
+    # Retry-After is the real wait: after two of first's windows, 2 s of it are left to share, and 2 + 3 fits 5 s
+    assert refused.value.retry_after == pytest.approx(2.0)
     # work that fits the whole deadline but not what is left of it waited too long elsewhere: 429, not 422
     with pytest.raises(Overloaded, match="left"):
         b.submit([Win(10)] * 2, 1.5, 5)
@@ -247,18 +248,43 @@ async def test_closed_batcher_refuses_new_work_and_fail_all_answers_the_rest():
         await waiting
 
 
-async def test_newcomer_joins_the_current_round_even_with_one_window_per_batch():
+async def test_newcomer_joins_the_next_round_and_waits_one_window_at_most():
     infer = FakeInfer()
     infer.gate = threading.Event()
     b = make(infer, max_windows=1, max_delay_s=0)
     b.start()
     big = b.submit([Win(8, "big")] * 10, 30)
-    await asyncio.sleep(0.05)  # big's first window is running
-    small = b.submit([Win(3, "small")], 30)  # a later deadline, but nothing served yet
+    await asyncio.sleep(0.05)  # big's first window (its round) is running
+    small = b.submit([Win(3, "small")], 30)  # joins the next round, where big's second window ranks first
     infer.gate.set()
     await small
-    assert [w.tag for batch in infer.batches[:2] for w in batch] == ["big", "small"]
+    assert [w.tag for batch in infer.batches[:3] for w in batch] == ["big", "big", "small"]
     assert len(await big) == 10
+    await b.stop()
+
+
+@pytest.mark.parametrize(("clients", "k"), [(8, 5), (3, 12), (16, 2)])
+async def test_a_long_request_among_looping_one_window_clients_finishes_within_its_fair_share(clients, k):
+    """The bound the docstring promises: k rounds of at most n+1 windows. With newcomers joining the current
+    round, the closed-loop clients below kept the round from ever ending and the long request never finished."""
+    infer = FakeInfer()
+    b = make(infer, max_windows=1, max_delay_s=0, max_queue=1000)
+    b.start()
+    stop = False
+
+    async def client(i: int) -> None:
+        while not stop:
+            await b.submit([Win(4, f"c{i}")], 30)
+
+    loops = [asyncio.create_task(client(i)) for i in range(clients)]
+    await asyncio.sleep(0.02)  # the clients are looping
+    before = len(infer.batches)
+    await asyncio.wait_for(b.submit([Win(4, "long")] * k, 30), 10)
+    ran = len(infer.batches) - before
+    stop = True
+    await asyncio.gather(*loops)
+    assert sum(w.tag == "long" for batch in infer.batches for w in batch) == k
+    assert ran <= (clients + 1) * k + 1  # +1: the window already running when it arrived
     await b.stop()
 
 
@@ -274,7 +300,7 @@ def test_heap_trimmer_trims_after_large_batches_at_most_once_a_second():
     assert calls == [0]
 
 
-async def test_rounds_interleave_requests_and_newcomers_join_the_current_round():
+async def test_rounds_interleave_requests_and_newcomers_join_the_next_round():
     infer = FakeInfer()
     infer.gate = threading.Event()
     b = make(infer, max_windows=1, max_delay_s=0)
@@ -285,5 +311,35 @@ async def test_rounds_interleave_requests_and_newcomers_join_the_current_round()
     late = b.submit([Win(4, "new")], 30)
     infer.gate.set()
     await asyncio.gather(a, c, late)
-    assert [batch[0].tag for batch in infer.batches] == ["a", "b", "new", "a", "b", "a", "b"]
+    assert [batch[0].tag for batch in infer.batches] == ["a", "b", "a", "b", "new", "a", "b"]
     await b.stop()
+
+
+def test_an_inflated_estimate_decays_toward_the_idle_rate():
+    now = [0.0]
+    cost = CostModel(alpha=0.5, settle=0, half_life_s=5.0, clock=lambda: now[0])
+    cost.observe(1.0, 10)  # 0.1 s per token: the idle rate
+    cost.observe(9.0, 10)  # a burst of contention: the average jumps to 0.5 s per token
+    assert cost.seconds(10) == pytest.approx(5.0)
+    now[0] = 5.0
+    assert cost.seconds(10) == pytest.approx(1.0 + 4.0 / 2)  # half the excess is gone after one half-life
+    now[0] = 60.0
+    assert cost.seconds(10) == pytest.approx(1.0, abs=0.01)
+    assert cost.idle_seconds(10) == pytest.approx(1.0)
+
+
+async def test_an_idle_server_admits_what_it_can_finish_whatever_the_last_burst_measured():
+    infer = FakeInfer()
+    b = make(infer, max_windows=1, max_delay_s=0, max_queue=1000)
+    for _ in range(12):
+        b.cost.observe(1.0, 100)  # settled at 0.01 s per token
+    for _ in range(5):
+        b.cost.observe(20.0, 100)  # then a burst: 0.2 s per token, for now
+    assert b.cost.seconds(1000) > 30
+    # 1000 tokens take 10 s at the idle rate: an idle engine starts at once, so it fits a 30 s deadline
+    fut = b.submit([Win(100)] * 10, 30)
+    # behind it the queue is real: the burst's rate applies, and Retry-After is the wait for the work ahead
+    with pytest.raises(Overloaded) as refused:
+        b.submit([Win(100)] * 10, 12)
+    assert refused.value.retry_after > 0
+    fut.cancel()
