@@ -19,10 +19,11 @@ serve: setup-serve
 # Tests also build tiny models and check the export job, so they need the export and dev extras.
 setup-dev: $(VENV)/bin/activate
 	$(PY) -m pip install --quiet -e ".[cpu,export,dev]"
+	$(PY) -m pip install --quiet -e ./clients/python
 
 test: setup-dev
-	$(PY) -m ruff check app model_export tests bench scripts
-	$(PY) -m ruff format --check app model_export tests bench scripts
+	$(PY) -m ruff check app model_export tests bench scripts clients
+	$(PY) -m ruff format --check app model_export tests bench scripts clients
 	$(PY) -m pytest -q
 
 clean:
