@@ -5,6 +5,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from app.engine.windows import Window
 @dataclass(frozen=True)
 class Answer:
     text: str
-    score: float  # softmax probability among the request's candidate spans (see README)
+    score: float  # probability that the span is exactly the answer (ScoreMap)
     start: int  # character offsets into the passage: text == passages[passage][start:end]
     end: int
     logit: float  # start logit + end logit, the raw ranking key
@@ -63,16 +64,51 @@ def window_candidates(
     return s_tok, e_tok, (start_logits[s_tok] + end_logits[e_tok]).astype(np.float32)
 
 
+# Answers may end in a closing bracket, quote or % (KorQuAD's gold answers do), but never in these
+TRAILING = frozenset(",\uff0c\u3001")  # comma, fullwidth comma, ideographic comma
+
+
 def _trim(context: str, start: int, end: int) -> tuple[int, int]:
     # SentencePiece tokens carry their leading space ("▁word"); answers should not.
     while start < end and context[start].isspace():
         start += 1
-    while end > start and context[end - 1].isspace():
+    while end > start and (context[end - 1].isspace() or context[end - 1] in TRAILING):
         end -= 1
     # NFKC folds "e" + U+0301 into one token whose offsets end before the combining mark:
     # keep the marks with their base character
     while start < end < len(context) and unicodedata.category(context[end]).startswith("M"):
         end += 1
+    return start, end
+
+
+def _word_char(c: str) -> bool:
+    return c.isalnum() or unicodedata.category(c).startswith("M")
+
+
+def _align_to_words(context: str, start: int, end: int) -> tuple[int, int]:
+    """Widen a span to whole words (letters, digits and their marks), as transformers' `align_to_words` does for
+    space-separated languages: a span that starts or ends inside "Eiffel" becomes "Eiffel"."""
+    while start > 0 and _word_char(context[start - 1]) and _word_char(context[start]):
+        start -= 1
+    while end < len(context) and _word_char(context[end]) and _word_char(context[end - 1]):
+        end += 1
+    return start, end
+
+
+def span_of(
+    context: str, start: int, end: int, trim_suffixes: Sequence[str] = (), align_to_words: bool = False
+) -> tuple[int, int]:
+    """A candidate's character span as an answer: whitespace and trailing commas trimmed, then either widened to
+    whole words, or cut of one particle (the longest of `trim_suffixes` it ends in, never the whole span) and
+    trimmed again, so that "이보영, " and "시위를" come out as "이보영" and "시위"."""
+    start, end = _trim(context, start, end)
+    if start >= end:
+        return start, end
+    if align_to_words:
+        return _trim(context, *_align_to_words(context, start, end))
+    for suffix in trim_suffixes:
+        if end - start > len(suffix) and context.endswith(suffix, start, end):
+            return _trim(context, start, end - len(suffix))
     return start, end
 
 
@@ -106,31 +142,84 @@ def calibrated(p: float, calibration: Calibration, margin: float = 0.0) -> float
     return float(sigmoid(z))
 
 
+ScoreKind = Literal["identity", "temperature", "platt"]
+
+
+@dataclass(frozen=True)
+class ScoreMap:
+    """Logits -> probabilities on one scale, for the answers and for "no answer".
+
+    - `spans(logits)`: the probability that each candidate span is exactly the answer, given that the passages
+      hold one. "identity" is the softmax over all candidates; "temperature" the softmax of logits / T;
+      "platt" maps the best candidate's softmax share p to sigmoid(a * logit(p) + b [+ c * null margin]) and
+      gives the others what is left, in proportion to their shares. Each sums to 1 over the candidates.
+    - `no_answer(margin)`: the probability that the passages hold no answer, sigmoid(alpha * margin + beta), where
+      margin is the null logit minus the best span's.
+    An answer's score is then (1 - P(no answer)) * its span probability when no answer is allowed, so that
+    the answers and the null answer of a response sum to at most 1.
+    """
+
+    kind: ScoreKind = "identity"
+    params: tuple[float, ...] = ()  # temperature: (T,); platt: (a, b) or (a, b, c)
+    null: tuple[float, float] = (1.0, 0.0)  # (alpha, beta)
+
+    @classmethod
+    def legacy(cls, calibration: Calibration, null_threshold: float) -> ScoreMap:
+        """A bundle from before the joint map: its Platt (a, b[, c]), and a null answer even at its threshold."""
+        kind: ScoreKind = "identity" if tuple(calibration) == (1.0, 0.0) else "platt"
+        return cls(kind, tuple(calibration) if kind == "platt" else (), (1.0, -float(null_threshold)))
+
+    def spans(self, logits: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Probabilities of candidates sorted best first (`logits` descending)."""
+        if not len(logits):
+            return logits.astype(np.float64)
+        if self.kind == "temperature":
+            return _softmax(np.asarray(logits, np.float64) / self.params[0])
+        shares = _softmax(np.asarray(logits, np.float64))
+        if self.kind == "identity":
+            return shares
+        top = calibrated(float(shares[0]), self.params, margin)  # type: ignore[arg-type]
+        rest = shares[1:] * ((1 - top) / max(1 - shares[0], 1e-12))
+        # the map may lower the best share below a runner-up's rescaled one; never reorder
+        return np.concatenate([[top], np.minimum(rest, top)])
+
+    def no_answer(self, margin: float) -> float:
+        alpha, beta = self.null
+        return float(sigmoid(alpha * min(margin, 1e6) + beta))
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    passage: int
+    start: int
+    end: int
+    logit: float
+
+
+def _distinct(ranked: Sequence[_Candidate], k: int) -> list[int]:
+    """Indices of the best `k` candidates of which no two overlap in characters within one passage."""
+    chosen: list[int] = []
+    taken: dict[int, list[tuple[int, int]]] = {}
+    for i, c in enumerate(ranked):
+        spans = taken.setdefault(c.passage, [])
+        if any(c.start < e and s < c.end for s, e in spans):
+            continue
+        spans.append((c.start, c.end))
+        chosen.append(i)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
 def decode_spans(
     context: str,
     windows: Sequence[Window],
     start_logits: Sequence[np.ndarray],
     end_logits: Sequence[np.ndarray],
-    *,
-    top_k: int,
-    max_answer_length: int,
-    top_n: int = 20,
-    allow_no_answer: bool = False,
-    trim_suffixes: Sequence[str] = (),
-    calibration: Calibration = (1.0, 0.0),
-    null_threshold: float = 0.0,
+    **options: Any,
 ) -> Decoded:
-    """Merge the windows of one context into the top-k distinct character spans: one passage of `decode_passages`."""
-    return decode_passages(
-        [PassageLogits(context, windows, start_logits, end_logits)],
-        top_k=top_k,
-        max_answer_length=max_answer_length,
-        top_n=top_n,
-        allow_no_answer=allow_no_answer,
-        trim_suffixes=trim_suffixes,
-        calibration=calibration,
-        null_threshold=null_threshold,
-    )
+    """Merge the windows of one context into its top-k spans: one passage of `decode_passages`."""
+    return decode_passages([PassageLogits(context, windows, start_logits, end_logits)], **options)
 
 
 def decode_passages(
@@ -143,23 +232,26 @@ def decode_passages(
     trim_suffixes: Sequence[str] = (),
     calibration: Calibration = (1.0, 0.0),
     null_threshold: float = 0.0,
+    score_map: ScoreMap | None = None,
+    min_score: float | None = None,
+    allow_overlap: bool = False,
+    align_to_words: bool = False,
 ) -> Decoded:
-    """Merge all windows of all passages of one question into the top-k distinct (passage, span) answers.
+    """Merge all windows of all passages of one question into its top-k (passage, span) answers.
 
     Every window is scored with raw start+end logits, which share one scale across windows and
-    passages; a per-window softmax would favour spans from short windows. `trim_suffixes` (longest
-    first) are cut from span ends: Korean particles ride inside the answer's last token ("시위를"), and
-    the bundle lists the ones that, on the training split, more often follow the answer than belong
-    to it. Identical (passage, span) candidates found in overlapping windows keep their best logit.
-    `score` is the softmax of the logit over all distinct candidates of all passages (plus the null
-    answer when `allow_no_answer`, whose logit is the lowest [CLS] start+end over every window), so
-    one passage alone gives the same answers as a one-passage request. A span's share p then goes through
-    `calibration` (a, b[, c]) = sigmoid(a * logit(p) + b [+ c * (null logit - span logit)]), fitted on held-out
-    training articles so that a score of 0.8 is exactly right about 80% of the time; the map is monotone
-    (c <= 0), so it never reorders answers.
-    The null answer wins when its logit beats the best span's by more than `null_threshold`, also fitted on
-    held-out training articles; `no_answer_score` stays the null answer's uncalibrated share.
+    passages; a per-window softmax would favour spans from short windows. Each candidate becomes an
+    answer span with `span_of` (whitespace and trailing commas trimmed; a Korean particle cut, or the
+    span widened to whole words with `align_to_words`); identical (passage, span) candidates from
+    overlapping windows or particle variants keep their best logit.
+    `score_map` (from the bundle; a legacy `calibration` and `null_threshold` when None) turns the
+    logits into probabilities: `score` is the probability that the span is exactly the answer, given
+    that the passages hold one, times 1 - `no_answer_score` when `allow_no_answer`; the null logit is
+    the lowest [CLS] start+end over every window. The answers are the best candidates of which no two
+    overlap (unless `allow_overlap`); with `allow_no_answer` only those more probable than no answer
+    come back, or, when `min_score` is given, those scoring at least that.
     """
+    smap = score_map if score_map is not None else ScoreMap.legacy(calibration, null_threshold)
     best: dict[tuple[int, int, int], float] = {}
     null_logit = np.inf
     for p, passage in enumerate(passages):
@@ -168,27 +260,35 @@ def decode_passages(
             null_logit = min(null_logit, float(s_log[0] + e_log[0]))
             s_tok, e_tok, logits = window_candidates(s_log, e_log, window, top_n, max_answer_length)
             for s, e, logit in zip(s_tok, e_tok, logits, strict=True):
-                start, end = _trim(context, int(window.offsets[s, 0]), int(window.offsets[e, 1]))
+                start, end = span_of(
+                    context, int(window.offsets[s, 0]), int(window.offsets[e, 1]), trim_suffixes, align_to_words
+                )
                 if start >= end:
                     continue
-                for suffix in trim_suffixes:
-                    if end - start > len(suffix) and context.endswith(suffix, start, end):
-                        end -= len(suffix)
-                        break
                 key = (p, start, end)
                 if logit > best.get(key, -np.inf):
                     best[key] = float(logit)
 
-    spans = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
-    logits = np.array([v for _, v in spans] + ([null_logit] if allow_no_answer else []), dtype=np.float64)
-    probs = _softmax(logits) if len(logits) else logits
+    ranked = [_Candidate(p, s, e, logit) for (p, s, e), logit in sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))]
+    logits = np.array([c.logit for c in ranked], dtype=np.float64)
+    margin = null_logit - logits[0] if len(logits) else np.inf
+    probs = smap.spans(logits, float(margin))
+    no_answer = smap.no_answer(float(margin)) if allow_no_answer else None
+    scale = 1.0 - no_answer if no_answer is not None else 1.0
+    keep = range(min(top_k, len(ranked))) if allow_overlap else _distinct(ranked, top_k)
     answers = [
-        Answer(passages[p].context[s:e], calibrated(float(prob), calibration, null_logit - logit), s, e, logit, p)
-        for ((p, s, e), logit), prob in zip(spans[:top_k], probs, strict=False)
+        Answer(
+            passages[ranked[i].passage].context[ranked[i].start : ranked[i].end],
+            float(probs[i] * scale),
+            ranked[i].start,
+            ranked[i].end,
+            ranked[i].logit,
+            ranked[i].passage,
+        )
+        for i in keep
     ]
-    no_answer_score = None
-    if allow_no_answer:
-        no_answer_score = float(probs[-1])
-        if not answers or null_logit > answers[0].logit + null_threshold:
-            answers = []
-    return Decoded(answers, no_answer_score, float(null_logit))
+    if min_score is not None:
+        answers = [a for a in answers if a.score >= min_score]
+    elif no_answer is not None:
+        answers = [a for a in answers if a.score > no_answer]
+    return Decoded(answers, no_answer, float(null_logit))

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.engine.spans import PassageLogits, decode_passages, decode_spans, window_candidates
+from app.engine.spans import (
+    PassageLogits,
+    ScoreMap,
+    decode_passages,
+    decode_spans,
+    sigmoid,
+    span_of,
+    window_candidates,
+)
 from app.engine.windows import encode_pairs, make_windows
 
 from .test_windows import QUESTION, TEXT, _has_tokens
@@ -27,27 +37,41 @@ def _logits(rng: np.random.Generator, windows):
     top_k=st.integers(1, 10),
     max_len=st.integers(1, 12),
     allow_null=st.booleans(),
+    overlap=st.booleans(),
 )
-def test_decoded_spans_are_exact_ranked_and_distinct(tokenizer, question, context, seed, top_k, max_len, allow_null):
+def test_decoded_spans_are_exact_ranked_and_distinct(
+    tokenizer, question, context, seed, top_k, max_len, allow_null, overlap
+):
     if not _has_tokens(tokenizer, question, context):
         return
     [pair] = encode_pairs(tokenizer, [(question, context)])
     windows = make_windows(pair, 40, 6, 8)
     starts, ends = _logits(np.random.default_rng(seed), windows)
     out = decode_spans(
-        context, windows, starts, ends, top_k=top_k, max_answer_length=max_len, allow_no_answer=allow_null
+        context,
+        windows,
+        starts,
+        ends,
+        top_k=top_k,
+        max_answer_length=max_len,
+        allow_no_answer=allow_null,
+        allow_overlap=overlap,
     )
     assert len(out.answers) <= top_k
     spans = [(a.start, a.end) for a in out.answers]
     assert len(set(spans)) == len(spans), "duplicate spans"
+    if not overlap:
+        for i, (s1, e1) in enumerate(spans):
+            assert all(e1 <= s2 or e2 <= s1 for s2, e2 in spans[i + 1 :]), "overlapping answers"
     scores = [a.score for a in out.answers]
     assert scores == sorted(scores, reverse=True)
     for a in out.answers:
         assert a.text == context[a.start : a.end]
-        assert a.text and not a.text[0].isspace() and not a.text[-1].isspace()
+        assert a.text and not a.text[0].isspace() and not a.text[-1].isspace() and a.text[-1] != ","
         assert 0.0 <= a.score <= 1.0
     if allow_null:
         assert out.no_answer_score is not None
+        assert all(a.score > out.no_answer_score for a in out.answers)
     else:
         assert out.no_answer_score is None
     total = sum(scores) + (out.no_answer_score or 0.0)
@@ -96,17 +120,6 @@ def test_scores_share_one_scale_across_windows(unigram):
     best = out.answers[0]
     assert best.logit == 12.0
     assert windows[0].offsets[s0 + 2, 0] <= best.start < windows[0].offsets[s0 + 2, 1]
-
-
-def test_overlapping_windows_do_not_duplicate_spans(unigram):
-    context = " ".join(f"단어{i}" for i in range(40))
-    [pair] = encode_pairs(unigram, [("질문", context)])
-    windows = make_windows(pair, 40, 16, 8)
-    starts = [np.ones(len(w), np.float32) for w in windows]
-    ends = [np.ones(len(w), np.float32) for w in windows]
-    out = decode_spans(context, windows, starts, ends, top_k=50, max_answer_length=2)
-    spans = [(a.start, a.end) for a in out.answers]
-    assert len(spans) == len(set(spans))
 
 
 def test_null_answer_wins_when_cls_is_strongest(wordpiece):
@@ -172,33 +185,31 @@ def test_passages_decode_like_each_passage_alone_merged_by_logit(
     for pair, context in zip(encode_pairs(tokenizer, [(question, c) for c in contexts]), contexts, strict=True):
         windows = make_windows(pair, 40, 6, 8)
         passages.append(PassageLogits(context, windows, *_logits(rng, windows)))
-    out = decode_passages(passages, top_k=top_k, max_answer_length=6, allow_no_answer=allow_null)
-    alone = [
-        decode_spans(p.context, p.windows, p.start_logits, p.end_logits, top_k=10_000, max_answer_length=6)
-        for p in passages
-    ]
+    kw = {"max_answer_length": 6, "allow_overlap": True}
+    out = decode_passages(passages, top_k=top_k, allow_no_answer=allow_null, **kw)
+    alone = [decode_spans(p.context, p.windows, p.start_logits, p.end_logits, top_k=10_000, **kw) for p in passages]
     merged = sorted(
         ((a.logit, i, a.start, a.end) for i, d in enumerate(alone) for a in d.answers),
         key=lambda t: (-t[0], t[1], t[2], t[3]),
     )
     null_logit = min(d.null_logit for d in alone)
     assert out.null_logit == null_logit
-    if allow_null and merged and null_logit > merged[0][0]:
+    logits = np.array([m[0] for m in merged])
+    if not len(logits):  # no window had a span: nothing to answer
         assert out.answers == []
-    else:
-        assert [(a.logit, a.passage, a.start, a.end) for a in out.answers] == merged[:top_k]
-    for a in out.answers:
-        assert a.text == contexts[a.passage][a.start : a.end]
-    # one softmax over every candidate of every passage (and the null answer)
-    logits = np.array([m[0] for m in merged] + ([null_logit] if allow_null else []))
-    if not len(logits):  # no window had a span and no null answer took part: nothing to score
-        assert out.answers == [] and out.no_answer_score is None
         return
-    z = np.exp(logits - logits.max())
-    for a in out.answers:
-        assert a.score == pytest.approx(np.exp(a.logit - logits.max()) / z.sum(), rel=1e-6)
+    # one softmax over every candidate of every passage; with the null answer allowed, times P(an answer)
+    shares = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    no_answer = float(sigmoid(null_logit - logits[0])) if allow_null else None
+    scale = 1 - no_answer if allow_null else 1.0
+    want = [(m, float(p * scale)) for m, p in zip(merged[:top_k], shares, strict=False)]
     if allow_null:
-        assert out.no_answer_score == pytest.approx(z[-1] / z.sum(), rel=1e-6)
+        want = [(m, p) for m, p in want if p > no_answer]
+        assert out.no_answer_score == pytest.approx(no_answer, rel=1e-6)
+    assert [(a.logit, a.passage, a.start, a.end) for a in out.answers] == [m for m, _ in want]
+    for a, (_, p) in zip(out.answers, want, strict=True):
+        assert a.text == contexts[a.passage][a.start : a.end]
+        assert a.score == pytest.approx(p, rel=1e-6)
 
 
 def test_same_span_in_two_passages_stays_two_answers(wordpiece):
@@ -235,9 +246,131 @@ def test_calibration_keeps_the_ranking_and_the_threshold_moves_abstention(tokeni
     cal = decode_spans(context, windows, starts, ends, calibration=(a, b) if c is None else (a, b, c), **kw)
     assert [(x.start, x.end, x.logit) for x in raw.answers] == [(x.start, x.end, x.logit) for x in cal.answers]
     assert all(0 <= x.score <= 1 for x in cal.answers)
+    assert sum(x.score for x in cal.answers) <= 1 + 1e-9
     # the scores follow the ranking, the null margin's weight included
     assert all(x.score >= y.score - 1e-12 for x, y in zip(cal.answers, cal.answers[1:], strict=False))
     gated = decode_spans(context, windows, starts, ends, allow_no_answer=True, null_threshold=threshold, **kw)
     if raw.answers:
+        # a legacy threshold is where no answer becomes as likely as an answer
         margin = gated.null_logit - raw.answers[0].logit
-        assert (gated.answers == []) == (margin > threshold)
+        assert gated.no_answer_score == pytest.approx(float(sigmoid(margin - threshold)))
+        top = raw.answers[0].score * (1 - gated.no_answer_score)
+        assert (gated.answers == []) == (top <= gated.no_answer_score)
+
+
+def _one_window(tokenizer, context: str, question: str = "질문?"):
+    [pair] = encode_pairs(tokenizer, [(question, context)])
+    [w] = make_windows(pair, 96, 8, 8)
+    return w, np.zeros(len(w), np.float32), np.zeros(len(w), np.float32)
+
+
+def _token_at(w, char: int, side: int = 0) -> int:
+    """The context token whose span holds character `char` (side 0: the token starting there or covering it)."""
+    for t in range(w.context_start, w.context_end):
+        if w.offsets[t, 0] <= char < w.offsets[t, 1]:
+            return t
+    raise AssertionError(f"no token covers {char}")
+
+
+def test_overlapping_candidates_give_way_to_the_next_distinct_span(unigram):
+    context = "캐시 크루즈의 셋째 딸 한느와 그녀의 남편 하인즈 알더는 회사를 크리스텐슨에게 넘긴다."
+    w, start, end = _one_window(unigram, context, "셋째 딸은?")
+    a = context.index("한느")
+    b = context.index("크리스텐슨")
+    # the best span, a fragment of it, a longer span around it, then a separate answer
+    start[_token_at(w, a)] = 9
+    end[_token_at(w, a + 1)] = 9
+    end[_token_at(w, context.index("알더") + 1)] = 8
+    start[_token_at(w, b)] = 7
+    end[_token_at(w, b + 4)] = 7
+    kw = {"top_k": 3, "max_answer_length": 30}
+    out = decode_spans(context, [w], [start], [end], **kw)
+    texts = [x.text for x in out.answers]
+    assert texts[0] == "한느" and "크리스텐슨" in texts[1]
+    spans = [(x.start, x.end) for x in out.answers]
+    assert all(e1 <= s2 or e2 <= s1 for i, (s1, e1) in enumerate(spans) for s2, e2 in spans[i + 1 :])
+    fragments = decode_spans(context, [w], [start], [end], allow_overlap=True, **kw)
+    assert fragments.answers[0].text == "한느" and fragments.answers[1].text.startswith("한느")
+    # the best answer and its score do not depend on the option
+    assert fragments.answers[0] == out.answers[0]
+
+
+def test_the_same_span_in_two_windows_is_one_answer_and_overlap_is_judged_across_windows(unigram):
+    context = " ".join(f"단어{i}" for i in range(40))
+    [pair] = encode_pairs(unigram, [("질문", context)])
+    windows = make_windows(pair, 40, 16, 8)
+    assert len(windows) >= 3
+    starts = [np.ones(len(w), np.float32) for w in windows]
+    ends = [np.ones(len(w), np.float32) for w in windows]
+    out = decode_spans(context, windows, starts, ends, top_k=50, max_answer_length=3)
+    spans = sorted((a.start, a.end) for a in out.answers)
+    assert all(e1 <= s2 for (_, e1), (s2, _) in itertools.pairwise(spans))
+
+
+def test_align_to_words_widens_to_whole_words(unigram):
+    context = "The tower was designed by Gustave Eiffel's company in 1887."
+    w, start, end = _one_window(unigram, context, "Who?")
+    a = context.index("Gustave")
+    b = context.index("Eiffel") + 2  # a span ending inside "Eiffel"
+    start[_token_at(w, a)] = 9
+    end[_token_at(w, b)] = 9
+    plain = decode_spans(context, [w], [start], [end], top_k=1, max_answer_length=30)
+    assert plain.answers[0].text != "Gustave Eiffel"
+    aligned = decode_spans(context, [w], [start], [end], top_k=1, max_answer_length=30, align_to_words=True)
+    assert aligned.answers[0].text == "Gustave Eiffel"
+    assert context[aligned.answers[0].start : aligned.answers[0].end] == "Gustave Eiffel"
+
+
+def test_answers_never_end_in_whitespace_or_a_comma_after_a_particle_is_cut():
+    context = "주연은 이보영, 조연은 김민준이다. 《나무》(2003), 50%"
+    end = context.index(",") + 2  # "이보영, "
+    assert context[slice(*span_of(context, context.index("이보영"), end))] == "이보영"
+    # the particle is cut first, then what it leaves is trimmed again
+    # whitespace and the comma go first, so the particle before them is found and cut
+    assert span_of("시위를, ", 0, 5, trim_suffixes=("를",)) == (0, 2)
+    assert span_of("시위 를", 0, 4, trim_suffixes=("를",)) == (0, 2)
+    # brackets, quotes and % are part of KorQuAD's gold answers: kept
+    i = context.index("《")
+    assert context[slice(*span_of(context, i, context.index(")", i) + 1))] == "《나무》(2003)"
+    assert context[slice(*span_of(context, context.index("50"), len(context)))] == "50%"
+
+
+def test_min_score_keeps_answers_at_or_above_it_and_replaces_the_no_answer_rule(unigram):
+    context = "서울은 대한민국의 수도이다. 부산은 항구 도시이다."
+    w, start, end = _one_window(unigram, context, "수도는?")
+    start[0] = end[0] = 9.0  # the null answer is strong
+    start[_token_at(w, 0)] = end[_token_at(w, 1)] = 5.0
+    kw = {"top_k": 3, "max_answer_length": 10, "allow_no_answer": True}
+    gated = decode_spans(context, [w], [start], [end], **kw)
+    assert gated.answers == [] and gated.no_answer_score > 0.9
+    low = decode_spans(context, [w], [start], [end], min_score=0.0, **kw)
+    assert low.answers and low.answers[0].score < low.no_answer_score  # the caller's threshold allows it
+    high = decode_spans(context, [w], [start], [end], min_score=0.5, top_k=3, max_answer_length=10)
+    assert all(a.score >= 0.5 for a in high.answers)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logits=st.lists(st.floats(-30, 30), min_size=1, max_size=40).map(lambda x: np.array(sorted(x, reverse=True))),
+    kind=st.sampled_from(["identity", "temperature", "platt"]),
+    t=st.floats(0.3, 3),
+    a=st.floats(0.2, 3),
+    b=st.floats(-3, 3),
+    margin=st.floats(-20, 20),
+)
+def test_score_maps_are_probabilities_that_follow_the_ranking(logits, kind, t, a, b, margin):
+    params = {"identity": (), "temperature": (t,), "platt": (a, b)}[kind]
+    m = ScoreMap(kind, params, (1.5, -2.0))
+    p = m.spans(logits, margin)
+    assert p.shape == logits.shape and (p >= 0).all() and p.sum() <= 1 + 1e-9
+    assert (np.diff(p) <= 1e-12).all(), "a map reordered the candidates"
+    assert 0 <= m.no_answer(margin) <= 1
+    if kind != "platt":
+        assert p.sum() == pytest.approx(1.0)
+
+
+def test_legacy_manifest_fields_map_onto_a_score_map():
+    assert ScoreMap.legacy((1.0, 0.0), 0.0) == ScoreMap()
+    m = ScoreMap.legacy((1.2, 0.3), 6.0)
+    assert m.kind == "platt" and m.params == (1.2, 0.3)
+    assert m.no_answer(6.0) == pytest.approx(0.5)  # the old threshold: no answer as likely as an answer
