@@ -4,11 +4,14 @@
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import fastapi_offline
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.auth import require_key
@@ -62,8 +65,19 @@ async def _answer_all(request: Request, engine: Engine, items: list[QARequest]) 
     return await _until_gone(request, lambda gone: engine.answer(items, gone))
 
 
+def _options(body: Any) -> dict[str, Any]:
+    return {
+        "top_k": body.top_k,
+        "max_answer_length": body.max_answer_length,
+        "allow_no_answer": body.allow_no_answer,
+        "min_score": body.min_score,
+        "allow_overlap": body.allow_overlap,
+        "align_to_words": body.align_to_words,
+    }
+
+
 def _to_request(body: Any) -> QARequest:
-    return QARequest(body.question, body.context, body.top_k, body.max_answer_length, body.allow_no_answer)
+    return QARequest(body.question, body.context, **_options(body))
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -88,15 +102,9 @@ def build_router(settings: Settings) -> APIRouter:
     async def read(body: ReadRequestBody, request: Request, engine: EngineDep) -> ReadResponse:  # type: ignore[valid-type]
         """One question over many passages (a retriever's hits): the best spans across all of them, each with the
         index of its passage, ranked on one scale; all windows of all passages batch together."""
-        item = ReadRequest(
-            body.question,  # type: ignore[attr-defined]
-            tuple(body.passages),  # type: ignore[attr-defined]
-            body.top_k,  # type: ignore[attr-defined]
-            body.max_answer_length,  # type: ignore[attr-defined]
-            body.allow_no_answer,  # type: ignore[attr-defined]
-        )
+        item = ReadRequest(body.question, tuple(p.text for p in body.passages), **_options(body))  # type: ignore[attr-defined]
         result = await _until_gone(request, lambda gone: engine.read(item, gone))
-        return read_response(result, engine.model_name)
+        return read_response(result, engine.model_name, body.passages, body.return_context)  # type: ignore[attr-defined]
 
     @router.get("/livez", tags=["health"])
     async def livez(engine: EngineDep) -> JSONResponse:
@@ -133,11 +141,6 @@ def install_docs(app: FastAPI) -> None:
 
     ReDoc stays off: its page loads a logo from cdn.redoc.ly.
     """
-    from pathlib import Path
-
-    import fastapi_offline
-    from fastapi.staticfiles import StaticFiles
-
     app.mount("/docs/assets", StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"), name="docs")
 
     @app.get("/docs", include_in_schema=False)

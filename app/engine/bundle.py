@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, model_validator
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -27,6 +27,32 @@ def _monotone(v: tuple[float, ...]) -> tuple[float, ...]:
 ScoreCalibration = Annotated[
     tuple[FiniteFloat, FiniteFloat] | tuple[FiniteFloat, FiniteFloat, FiniteFloat], AfterValidator(_monotone)
 ]
+
+
+class ScoreMapSpec(BaseModel):
+    """How logits become probabilities (app.engine.spans.ScoreMap), fitted on held-out questions by model_export:
+    `kind` and `params` map the span candidates, `null` = (alpha, beta) gives P(no answer) from the null margin."""
+
+    model_config = ConfigDict(extra="allow")  # the fit's record (data, figures) travels with it
+
+    kind: Literal["identity", "temperature", "platt"]
+    params: tuple[FiniteFloat, ...] = ()
+    null: tuple[FiniteFloat, FiniteFloat] = (1.0, 0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreMapSpec:
+        want = {"identity": (0,), "temperature": (1,), "platt": (2, 3)}[self.kind]
+        if len(self.params) not in want:
+            raise ValueError(
+                f"a {self.kind} map takes {' or '.join(map(str, want))} parameters, not {len(self.params)}"
+            )
+        if self.kind == "temperature" and self.params[0] <= 0:
+            raise ValueError("a temperature must be > 0")
+        if self.kind == "platt":
+            _monotone(self.params)
+            if self.params[0] <= 0:
+                raise ValueError("Platt's slope a must be > 0, or scores would run against the ranking")
+        return self
 
 
 class BundleError(RuntimeError):
@@ -72,6 +98,8 @@ class Manifest(BaseModel):
     # fitted on held-out articles (model_export build, or bundle --calibrate-data); the defaults change nothing
     score_calibration: ScoreCalibration = (1.0, 0.0)
     null_threshold: FiniteFloat = 0.0
+    # the joint map of answers and no-answer; when absent, the two legacy fields above stand in for it
+    score_map: ScoreMapSpec | None = None
     calibration: dict[str, object] = {}
     scores: list[Score] = []
     validation: dict[str, object] = {}

@@ -15,6 +15,9 @@ class QARequest:
     top_k: int = 1
     max_answer_length: int = 30
     allow_no_answer: bool = False
+    min_score: float | None = None
+    allow_overlap: bool = False
+    align_to_words: bool = False
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,9 @@ class ReadRequest:
     top_k: int = 1
     max_answer_length: int = 30
     allow_no_answer: bool = False
+    min_score: float | None = None
+    allow_overlap: bool = False
+    align_to_words: bool = False
 
 
 @dataclass(frozen=True)

@@ -198,9 +198,7 @@ class QAEngine:
             _Question(
                 r.question,
                 (r.context,),
-                r.top_k,
-                r.max_answer_length,
-                r.allow_no_answer,
+                _options(r),
                 where(i, "question"),
                 (where(i, "context"),),
                 where(i, "context"),
@@ -214,9 +212,7 @@ class QAEngine:
         job = _Question(
             request.question,
             request.passages,
-            request.top_k,
-            request.max_answer_length,
-            request.allow_no_answer,
+            _options(request),
             ("question",),
             tuple(("passages", p) for p in range(len(request.passages))),
             ("passages",),
@@ -290,9 +286,7 @@ class QAEngine:
             for context, ws in zip(job.passages, passages, strict=True):
                 mine = [next(outputs) for _ in ws]
                 decoded_input.append(PassageLogits(context, ws, [o[0] for o in mine], [o[1] for o in mine]))
-            decoded = self.model.decode(
-                decoded_input, DecodeOptions(job.top_k, job.max_answer_length, job.allow_no_answer)
-            )
+            decoded = self.model.decode(decoded_input, job.options)
             results.append(QAResult(decoded.answers, decoded.no_answer_score, sum(len(ws) for ws in passages)))
         self.metrics.decode_seconds.observe(time.perf_counter() - t1)
         return results
@@ -304,10 +298,14 @@ class _Question:
 
     question: str
     passages: Sequence[str]
-    top_k: int
-    max_answer_length: int
-    allow_no_answer: bool
+    options: DecodeOptions
     question_field: tuple[str | int, ...]
     passage_fields: tuple[tuple[str | int, ...], ...]
     group_field: tuple[str | int, ...]  # the passages as a whole (their total size)
     noun: str  # what the request calls one passage, for messages
+
+
+def _options(r: QARequest | ReadRequest) -> DecodeOptions:
+    return DecodeOptions(
+        r.top_k, r.max_answer_length, r.allow_no_answer, r.min_score, r.allow_overlap, r.align_to_words
+    )

@@ -51,7 +51,7 @@ def cuda_available() -> bool:
 def openvino_version() -> str | None:
     """OpenVINO's version when it is installed and imports, else None."""
     try:
-        import openvino as ov
+        import openvino as ov  # noqa: PLC0415 - optional (the cpu extra has it, the gpu extra not), and heavy
     except ImportError:
         return None
     return str(ov.get_version()).split("-")[0]
@@ -144,7 +144,7 @@ class OpenVinoRuntime:
     pad_multiple = 32
 
     def __init__(self, model_path: Path, input_names: list[str], output_names: list[str], threads: int = 1) -> None:
-        import openvino as ov
+        import openvino as ov  # noqa: PLC0415 - optional (the cpu extra has it, the gpu extra not), and heavy
 
         core = ov.Core()
         model = core.read_model(str(model_path))

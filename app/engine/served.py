@@ -20,7 +20,7 @@ from app.engine.bundle import BundleError, Manifest, read_manifest, verify_bundl
 from app.engine.config import ModelConfig
 from app.engine.hardware import Pick, cpu_flags, cpu_quota, pick_runtime, pick_variant
 from app.engine.runtime import HeapTrimmer, Runtime, cuda_available, open_runtime, openvino_version
-from app.engine.spans import Decoded, PassageLogits, decode_passages
+from app.engine.spans import Decoded, PassageLogits, ScoreMap, decode_passages
 from app.engine.windows import Window, WindowSpec, encode_windows, pad_batch, pad_token_id
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,22 @@ PAD_MULTIPLE = 32
 
 @dataclass(frozen=True)
 class DecodeOptions:
+    """What a request asks of decoding (the API's options; app.engine.spans.decode_passages explains each)."""
+
     top_k: int = 1
     max_answer_length: int = 30  # tokens
     allow_no_answer: bool = False
+    min_score: float | None = None
+    allow_overlap: bool = False
+    align_to_words: bool = False
+
+
+def score_map(manifest: Manifest) -> ScoreMap:
+    """The bundle's map from logits to probabilities: its fitted `score_map`, else its legacy calibration."""
+    spec = manifest.score_map
+    if spec is None:
+        return ScoreMap.legacy(manifest.score_calibration, manifest.null_threshold)
+    return ScoreMap(spec.kind, tuple(spec.params), (spec.null[0], spec.null[1]))
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
@@ -77,6 +90,7 @@ class ServedModel:
         self.spec = WindowSpec(self.manifest.max_seq_length, self.manifest.doc_stride, self.manifest.max_query_length)
         self.tokenizer = load_tokenizer(self.bundle_dir / self.manifest.tokenizer)
         self.pad_id = pad_token_id(self.tokenizer)
+        self.score_map = score_map(self.manifest)
         self.threads = config.threads or cpu_quota()
         self.runtime: Runtime | None = None
         # more than one full window's activations is worth handing back to the OS
@@ -175,16 +189,17 @@ class ServedModel:
 
     def decode(self, passages: Sequence[PassageLogits], options: DecodeOptions, top_n: int | None = None) -> Decoded:
         """Ranked spans of one question over its passages, with the bundle's particle rules and calibration."""
-        m = self.manifest
         return decode_passages(
             passages,
             top_k=options.top_k,
             max_answer_length=options.max_answer_length,
             top_n=max(top_n or self.config.top_n, options.top_k),
             allow_no_answer=options.allow_no_answer,
-            trim_suffixes=m.trim_suffixes,
-            calibration=m.score_calibration,
-            null_threshold=m.null_threshold,
+            trim_suffixes=self.manifest.trim_suffixes,
+            score_map=self.score_map,
+            min_score=options.min_score,
+            allow_overlap=options.allow_overlap,
+            align_to_words=options.align_to_words,
         )
 
     # --- offline: the three stages in a loop, batched as the service batches on this device ---

@@ -10,6 +10,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.demo import STATIC_DIR
+from app.api.schemas import check_text
 from app.engine.errors import DeadlineExceeded, NotReady, Overloaded
 from app.main import create_app
 from app.settings import Settings
@@ -94,8 +96,6 @@ def test_lone_surrogates_are_422(client, raw):
 
 
 def test_lone_surrogate_reason_is_clear():
-    from app.api.schemas import check_text
-
     with pytest.raises(ValueError, match="lone surrogate"):
         check_text("ab\ud800")
 
@@ -238,13 +238,19 @@ def test_read_ranks_answers_across_passages(client, engine):
     [
         ({"passages": []}, "passages", "at least 1"),
         ({"passages": ["a", "b", "c", "d"]}, "passages", "at most 3"),
-        ({"passages": ["ok", ""]}, "passages.1", "at least 1"),
-        ({"passages": ["ok", "ok", " \n "]}, "passages.2", "whitespace"),
-        ({"passages": ["c" * 201]}, "passages.0", "at most 200"),
+        ({"passages": ["ok", ""]}, "passages.1.text", "at least 1"),
+        ({"passages": ["ok", "ok", " \n "]}, "passages.2.text", "whitespace"),
+        ({"passages": ["c" * 201]}, "passages.0.text", "at most 200"),
+        ({"passages": [{"id": "d1", "text": "c" * 201}]}, "passages.0.text", "at most 200"),
+        ({"passages": [{"id": "d1"}]}, "passages.0.text", "required"),
+        ({"passages": [{"text": "ok", "url": "x"}]}, "passages.0.url", "Extra inputs"),
+        ({"passages": [{"text": "ok", "id": 7}]}, "passages.0.id", "valid string"),
         ({"passages": ["c" * 150, "c" * 151]}, "passages", "301 characters together; at most 300"),
-        ({"passages": ["ok", 5]}, "passages.1", "valid string"),
+        ({"passages": ["ok", 5]}, "passages.1", "must be a string, or an object with text"),
         ({"passages": "one passage"}, "passages", "valid list"),
-        ({"passages": ["ok", "a\ud800"]}, "passages.1", "unicode"),
+        ({"passages": ["ok", "a\ud800"]}, "passages.1.text", "unicode"),
+        ({"min_score": 1.5}, "min_score", "less than or equal to 1"),
+        ({"allow_overlap": "yes"}, "allow_overlap", "valid boolean"),
         ({"context": "ok"}, "context", "Extra inputs"),
         ({"question": " "}, "question", "whitespace"),
         ({"top_k": 6}, "top_k", "less than or equal to 5"),
@@ -272,7 +278,8 @@ def test_read_engine_input_too_large_names_passage(client):
 def test_read_in_openapi_with_limits(client):
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     passages = schemas["ReadRequest"]["properties"]["passages"]
-    assert passages["maxItems"] == 3 and passages["items"]["maxLength"] == 200
+    text, obj = passages["items"]["anyOf"]  # a plain string, or an object with an id
+    assert passages["maxItems"] == 3 and text["maxLength"] == 200 and obj["properties"]["text"]["maxLength"] == 200
     assert "passage" in schemas["ReadAnswerOut"]["properties"]
     client.post("/read", json={"question": "find x", "passages": ["x"]})
     assert 'qa_requests_total{endpoint="/read",outcome="200"} 1.0' in client.get("/metrics").text
@@ -286,8 +293,6 @@ def test_demo_page_is_served_offline(client):
         assert f"static/{asset}" in r.text
         got = client.get(f"/static/{asset}")
         assert got.status_code == 200 and kind in got.headers["content-type"]
-    from app.api.demo import STATIC_DIR
-
     for f in STATIC_DIR.iterdir():
         text = f.read_text(encoding="utf-8")
         # nothing from another origin: no CDN, no web fonts, no remote images
@@ -300,3 +305,45 @@ def test_demo_can_be_switched_off(engine):
         assert c.get("/").status_code == 404
         assert c.get("/static/app.js").status_code == 404
         assert c.post("/answer", json=OK).status_code == 200
+
+
+def test_read_passages_with_ids_echo_them_and_strings_still_work(client, engine):
+    passages = [
+        {"id": "doc-3", "text": "nothing here"},
+        {"id": "doc-7", "title": "Seoul", "text": "the capital is seoul", "meta": {"source": "wiki", "rank": 2}},
+        "seoul again, said the third passage",
+    ]
+    r = client.post("/read", json={"question": "find seoul", "passages": passages, "top_k": 5})
+    assert r.status_code == 200, r.text
+    answers = r.json()["answers"]
+    assert [(a["passage"], a["id"], a["title"]) for a in answers] == [(2, None, None), (1, "doc-7", "Seoul")]
+    assert all(a["snippet"] is None for a in answers)
+    # the engine saw the texts only
+    assert engine.calls[-1].passages == ("nothing here", "the capital is seoul", "seoul again, said the third passage")
+
+
+def test_read_return_context_gives_a_snippet_with_the_span_inside(client):
+    text = " ".join(f"word{i}" for i in range(12)) + " seoul " + " ".join(f"tail{i}" for i in range(12))
+    r = client.post("/read", json={"question": "find seoul", "passages": [text], "return_context": True})
+    assert r.status_code == 200, r.text
+    [a] = r.json()["answers"]
+    snip = a["snippet"]
+    assert snip["text"][snip["start"] : snip["end"]] == "seoul" == text[a["start"] : a["end"]]
+    assert 80 <= len(snip["text"]) <= 110
+    # cut at spaces, so no word is halved at either edge
+    assert text.index(snip["text"]) == 0 or text[text.index(snip["text"]) - 1] == " "
+    assert snip["text"].split()[0] in text.split() and snip["text"].split()[-1] in text.split()
+
+
+def test_options_reach_the_engine(client, engine):
+    options = {"min_score": 0.2, "allow_overlap": True, "align_to_words": True, "allow_no_answer": True, "top_k": 3}
+    assert client.post("/answer", json={**OK, **options}).status_code == 200
+    [request] = engine.calls[-1]
+    assert (request.min_score, request.allow_overlap, request.align_to_words, request.allow_no_answer) == (
+        0.2,
+        True,
+        True,
+        True,
+    )
+    r = client.post("/read", json={"question": "find seoul", "passages": ["seoul"], "min_score": 1})
+    assert r.status_code == 200 and engine.calls[-1].min_score == 1.0
