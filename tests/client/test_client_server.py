@@ -49,7 +49,7 @@ def test_read_with_plain_strings(qa_server: Server):
     best = result.best
     assert best is not None and (best.passage, best.text) == (1, MARKER)
     assert passages[1][best.start : best.end] == MARKER
-    assert best.id is None and best.context is None  # plain strings, and no return_context asked
+    assert best.id is None and best.snippet is None  # plain strings, and no return_context asked
     assert result.windows == 3
 
 

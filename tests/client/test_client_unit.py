@@ -222,15 +222,16 @@ def test_read_answers_today_and_with_the_planned_fields():
     planned = {
         **today,
         "id": "doc-9",
-        "context": {"text": "…은 서울이다", "start": 3, "end": 5},
+        "title": "서울",
+        "snippet": {"text": "…은 서울이다", "start": 3, "end": 5},
     }
-    body = {"answers": [today, planned, {**today, "id": None, "context": None}], "model": "m", "windows": 2}
+    body = {"answers": [today, planned, {**today, "id": None, "snippet": None}], "model": "m", "windows": 2}
     with client(Recorder(ok(body))) as qa:
         result = qa.read("q", ["a", "b"])
     old, new, nulls = result.answers
-    assert old == ReadAnswer("서울", 0.5, 2, 4, passage=1, id=None, context=None)
-    assert new.id == "doc-9" and new.context == Snippet("…은 서울이다", 3, 5)
-    assert new.context.text[new.context.start : new.context.end] == new.text
+    assert old == ReadAnswer("서울", 0.5, 2, 4, passage=1, id=None, snippet=None)
+    assert new.id == "doc-9" and new.title == "서울" and new.snippet == Snippet("…은 서울이다", 3, 5)
+    assert new.snippet.text[new.snippet.start : new.snippet.end] == new.text
     assert nulls == old and isinstance(old, Answer)
     assert result.no_answer_score is None and result.best == old
 

@@ -87,11 +87,13 @@ class Snippet:
 
 @dataclass(frozen=True)
 class ReadAnswer(Answer):
-    """A /read answer: `text == passages[passage][start:end]`; `id` is the passage's id (None for a plain string)."""
+    """A /read answer: `text == passages[passage][start:end]`; `id` and `title` are the passage's (None for a plain
+    string); `snippet` is the answer in about 100 characters of its passage (with `return_context`)."""
 
     passage: int | None = None
     id: str | None = None
-    context: Snippet | None = None
+    title: str | None = None
+    snippet: Snippet | None = None
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,11 @@ def parse_read_result(body: Any) -> ReadResult:
     return ReadResult(
         answers=tuple(
             ReadAnswer(
-                *_span(a), passage=_opt_int(a, "passage"), id=_opt_str(a, "id"), context=_snippet(a.get("context"))
+                *_span(a),
+                passage=_opt_int(a, "passage"),
+                id=_opt_str(a, "id"),
+                title=_opt_str(a, "title"),
+                snippet=_snippet(a.get("snippet")),
             )
             for a in _answers(body)
         ),
