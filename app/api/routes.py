@@ -120,10 +120,19 @@ def build_router(settings: Settings) -> APIRouter:
             {"status": "ready" if h.ready else "not_ready", "detail": h.detail}, 200 if h.ready else 503
         )
 
+    limits = {
+        "max_question_chars": settings.max_question_chars,
+        "max_context_chars": settings.max_context_chars,
+        "max_passages": settings.max_passages,
+        "max_total_chars": settings.max_total_chars,
+        "max_top_k": settings.max_top_k,
+    }
+
     @qa.get("/v1/models", tags=["model"])
     async def models(engine: EngineDep) -> dict[str, Any]:
-        """Metadata of the served bundle: name, languages, window sizes, precision, provider, scores."""
-        return {"object": "list", "data": [engine.model_info()]}
+        """Metadata of the served bundle (name, languages, window sizes, precision, provider, scores), and the
+        request limits, so that a client (the demo page) can show them before it sends anything."""
+        return {"object": "list", "data": [engine.model_info()], "limits": limits}
 
     async def metrics(request: Request) -> Response:
         m: Metrics = request.app.state.metrics
