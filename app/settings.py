@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import difflib
+import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.config import EngineConfig, ModelConfig
 from app.engine.hardware import cpu_quota
 
 # The bundle committed with the repository; the service serves it when QA_MODEL_DIR is unset.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+ENV_PREFIX = "QA_"
+# Kubernetes service links: a Service named qa-<x> injects QA_<X>_SERVICE_HOST, QA_<X>_PORT=tcp://... and
+# QA_<X>_PORT_<n>_TCP_*; such names are never a typo of a setting, so they only warn.
+SERVICE_LINK = re.compile(
+    r"^QA_\w+?_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$"
+)
+# How close an unknown QA_* name must be to a setting's to count as its misspelling (difflib's ratio):
+# QA_API_KYE is 0.86 from api_key, QA_SERVICE_PORT 0.5 from port.
+NEAR_MISS = 0.8
+# An origin is scheme://host[:port], with no path: "https://a.example/" never matches a browser's Origin header.
+ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
 
 class Settings(BaseSettings):
@@ -70,6 +85,41 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the app and uvicorn."
+    )
+    max_header_bytes: int = Field(
+        16384,
+        ge=1024,
+        description="Longest request line plus headers, in bytes; more is a JSON 431 and the connection closes. "
+        "This API's own headers take a few hundred bytes; 16 KiB leaves room for long tokens and proxies' headers, "
+        "and bounds what one connection can make the server hold (unbounded, 16 clients with 64 MB headers took "
+        "the server from 0.6 to 1.6 GB).",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request line and headers must arrive within this long (counted from the connection's "
+        "start, or from the first byte of a later request on a kept-alive connection); else a JSON 408 and the "
+        "connection closes. Bounds slow-header (slowloris) connections; idle kept-alive ones follow keep_alive_s.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request body must arrive within this long after its headers; else a JSON 408 and the "
+        "connection closes. 30 s still takes the largest body (max_body_bytes) at 35 kB/s; slow-body "
+        "connections would otherwise stay open forever.",
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="Open connections (and requests in progress) at most; a request beyond it gets a JSON 503 "
+        "over_capacity and its connection closes (uvicorn's limit_concurrency). Well below the common 1,024 "
+        "open-file limit, so the process always has files left for itself.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Browser origins allowed to call the API (CORS), comma-separated or a JSON list, e.g. "
+        "https://a.example,http://localhost:3000; * allows any. Empty = no CORS headers at all (same-origin "
+        "pages, like the demo, need none).",
     )
     demo: bool = Field(True, description="Serve the demo page at / (static files, no CDN); off = / is a 404.")
 
@@ -129,14 +179,51 @@ class Settings(BaseSettings):
         True, description="Serve /docs (Swagger UI) and /openapi.json, with files shipped locally (no CDN)."
     )
 
+    @field_validator("api_key")
+    @classmethod
+    def _strip_key(cls, key: SecretStr | None) -> SecretStr | None:
+        # a key from a file or a Secret often ends in a newline that no client sends: it would never match
+        if key is None:
+            return None
+        value = key.get_secret_value().strip()
+        if not value:
+            raise ValueError("is empty or whitespace only; unset it to turn authentication off")
+        return SecretStr(value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)  # a malformed list is a ValueError, reported with the setting's name
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], no path or trailing slash")
+        return origins
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.max_batch_tokens < 64:
-            raise ValueError("max_batch_tokens must hold at least one window (>= 64 tokens)")
-        if self.api_keys_file is not None and not self.api_keys_file.is_file():
-            raise ValueError(f"api_keys_file {self.api_keys_file} is not a readable file")
+            raise ValueError("QA_MAX_BATCH_TOKENS must hold at least one window (>= 64 tokens)")
+        if self.api_keys_file is not None:
+            if not self.api_keys_file.is_file():
+                raise ValueError(f"QA_API_KEYS_FILE: {self.api_keys_file} is not a readable file")
+            if not self._file_keys():
+                raise ValueError(
+                    f"QA_API_KEYS_FILE: {self.api_keys_file} holds no key (only blank or # lines); "
+                    "unset it to turn authentication off"
+                )
         if self.max_queue_windows < self.max_windows_per_request:
-            raise ValueError("max_queue_windows must be >= max_windows_per_request, or a valid request never fits")
+            raise ValueError(
+                "QA_MAX_QUEUE_WINDOWS must be >= QA_MAX_WINDOWS_PER_REQUEST, or a valid request never fits"
+            )
         return self
 
     @property
@@ -168,10 +255,46 @@ class Settings(BaseSettings):
             stall_timeout_s=self.stall_timeout_s,
         )
 
+    def _file_keys(self) -> list[str]:
+        if self.api_keys_file is None:
+            return []
+        lines = (raw.strip() for raw in self.api_keys_file.read_text(encoding="utf-8").splitlines())
+        return [line for line in lines if line and not line.startswith("#")]
+
     def api_keys(self) -> list[str]:
-        """Every accepted bearer token; empty means authentication is off."""
-        keys = [self.api_key.get_secret_value()] if self.api_key else []
-        if self.api_keys_file is not None:
-            lines = (raw.strip() for raw in self.api_keys_file.read_text(encoding="utf-8").splitlines())
-            keys.extend(line for line in lines if line and not line.startswith("#"))
+        """Every accepted bearer token, stripped; empty means authentication is off."""
+        keys = [self.api_key.get_secret_value().strip()] if self.api_key else []
+        keys.extend(self._file_keys())
         return [k for k in keys if k]
+
+    @property
+    def auth_on(self) -> bool:
+        """Whether the QA API needs a bearer token (a keys file turns it on even while it is being rewritten)."""
+        return self.api_key is not None or self.api_keys_file is not None
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def check_environment(environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """QA_* variables that are no setting: (errors, warnings). A near miss of a setting's name (QA_API_KYE) is
+    an error, since the setting it meant (auth!) would silently keep its default; any other name only warns."""
+    fields = list(Settings.model_fields)
+    errors: list[str] = []
+    warnings: list[str] = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper[len(ENV_PREFIX) :].lower() in fields:
+            continue
+        if SERVICE_LINK.match(upper):
+            warnings.append(
+                f"{name} is not a setting (a Kubernetes service link? set enableServiceLinks: false); ignored"
+            )
+            continue
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX) :].lower(), fields, n=1, cutoff=NEAR_MISS)
+        if close:
+            errors.append(f"{name} is not a setting; did you mean {env_name(close[0])}? (unset or rename it)")
+        else:
+            warnings.append(f"{name} is not a setting; ignored")
+    return errors, warnings

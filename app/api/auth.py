@@ -5,11 +5,20 @@ from __future__ import annotations
 import hmac
 import os
 from pathlib import Path
+from typing import Any
 
-from fastapi import Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPBearer
 
 from app.api.errors import Unauthorized
 from app.settings import Settings
+
+# Only documents the scheme in /openapi.json (and gives /docs its Authorize button); require_key decides.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="QA_API_KEY, or a line of QA_API_KEYS_FILE: `Authorization: Bearer <key>`",
+)
 
 
 class KeyRing:
@@ -30,6 +39,16 @@ class KeyRing:
     def enabled(self) -> bool:
         return bool(self._keys) or self._file is not None
 
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def describe(self) -> str:
+        """For the start-up log: never the keys themselves."""
+        if not self.enabled:
+            return "off (QA_API_KEY and QA_API_KEYS_FILE unset: the QA API is open)"
+        sources = [n for n, on in (("QA_API_KEY", self.settings.api_key), ("QA_API_KEYS_FILE", self._file)) if on]
+        return f"on ({len(self)} key{'s' if len(self) != 1 else ''}, from {' and '.join(sources)})"
+
     def check(self, token: str) -> bool:
         if self._file is not None:
             try:
@@ -48,6 +67,14 @@ class KeyRing:
 def bearer_token(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def auth_dependencies(settings: Settings) -> list[Any]:
+    """The QA routes' dependencies: the key check, and with auth on the bearer scheme for the OpenAPI document."""
+    deps: list[Any] = [Depends(require_key)]
+    if settings.auth_on:
+        deps.append(Security(BEARER))
+    return deps
 
 
 def require_key(request: Request) -> None:

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.auth import require_key
+from app.api.auth import auth_dependencies
 from app.api.schemas import (
     AnswerResponse,
     BatchAnswerResponse,
@@ -29,7 +29,7 @@ from app.metrics import Metrics
 from app.settings import Settings
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 415, 422, 429, 500, 503, 504)
 }
 
 
@@ -83,8 +83,8 @@ def _to_request(body: Any) -> QARequest:
 def build_router(settings: Settings) -> APIRouter:
     AnswerRequest, BatchAnswerRequest, ReadRequestBody = request_models(settings)
     router = APIRouter()
-    # the QA API needs the bearer token when one is configured; probes never do
-    qa = APIRouter(dependencies=[Depends(require_key)])
+    # the QA API needs the bearer token when one is configured (and /openapi.json then says so); probes never do
+    qa = APIRouter(dependencies=auth_dependencies(settings))
 
     @qa.post("/answer", response_model=AnswerResponse, responses=ERRORS, tags=["qa"])
     async def answer(body: AnswerRequest, request: Request, engine: EngineDep) -> AnswerResponse:  # type: ignore[valid-type]
