@@ -1,91 +1,110 @@
-"""`python -m app`: parse flags, validate settings, verify the bundle, serve with uvicorn, drain on SIGTERM."""
+"""`python -m app`: parse flags, check settings, bind the port, load and warm up the model, then serve."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import math
+import os
+import re
+import socket
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from types import FrameType
+from collections.abc import Sequence
+from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
 
-from app.cli import parse
+from app.cli import EXIT_BIND, EXIT_BUNDLE, EXIT_OK, EXIT_USAGE, describe, fail, parse, settings_errors
 from app.engine.bundle import BundleError
 from app.engine.interface import Engine
 from app.main import create_app
-from app.settings import Settings
+from app.server import bind, build_server
+from app.settings import Settings, check_environment
 
 log = logging.getLogger("app")
 
+_PYDANTIC_URL = re.compile(r"^\s*For further information visit https://errors\.pydantic\.dev\S*\s*$")
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn, plus: the first SIGTERM/SIGINT starts the engine's drain, and a drained shutdown exits 0."""
 
-    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
-        super().__init__(config)
-        self.engine = engine
-        self._loop: asyncio.AbstractEventLoop | None = None
+def one_line(text: str) -> str:
+    """A reason on one line: multi-line messages (a manifest's validation errors) joined, library URLs dropped."""
+    parts = [line.strip() for line in str(text).splitlines() if line.strip() and not _PYDANTIC_URL.match(line)]
+    return "; ".join(parts)
 
-    async def serve(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit and self._loop is not None:
-            self._loop.call_soon_threadsafe(self.engine.begin_drain)
-        super().handle_exit(sig, frame)
+def load(settings: Settings) -> Any:
+    """The app with its engine verified, loaded and warmed up (QAEngine.load); raises BundleError."""
+    app = create_app(settings)
+    engine: Engine = app.state.engine
+    loader = getattr(engine, "load", None)  # the Engine protocol's fakes have nothing to load
+    if loader is not None:
+        loader()
+    return app
 
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            try:
-                yield
-            finally:
-                # uvicorn re-raises the signal after shutdown (exit 143); a completed drain is a clean exit
-                self._captured_signals.clear()
+
+def try_bind(settings: Settings) -> tuple[socket.socket | None, str]:
+    try:
+        return bind(settings.host, settings.port), ""
+    except OSError as e:
+        where = f"{describe('host')} {settings.host}, {describe('port')} {settings.port}"
+        return None, f"cannot listen on {settings.host}:{settings.port} ({where}): {e.strerror or e}"
+
+
+def check(settings: Settings, app: Any, bind_error: str) -> int:
+    """--check: what serving would use, and the exit code serving would have."""
+    info = app.state.engine.model_info()
+    model = {
+        k: info.get(k)
+        for k in ("name", "precision", "file", "variant_reason", "runtime", "runtime_reason", "execution_provider")
+    }
+    summary = {
+        "settings": "ok",
+        "listen": f"{settings.host}:{settings.port}",
+        "port": bind_error or "free",
+        "bundle": "verified, loaded and warmed up" if settings.warmup else "verified and loaded",
+        "model": model,
+        "auth": app.state.keys.describe(),
+        "cors_origins": settings.cors_origins,
+    }
+    print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+    return EXIT_BIND if bind_error else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, flags = parse(argv)
+    args, flags = parse(argv)  # exits 2, with one line, on a malformed flag
+    env_errors, env_warnings = check_environment(os.environ)
     try:
         settings = Settings(**flags)
     except ValidationError as e:
-        print(f"invalid settings:\n{e}", file=sys.stderr)
-        return 2
+        return fail(env_errors + settings_errors(e), EXIT_USAGE)
+    if env_errors:
+        return fail(env_errors, EXIT_USAGE)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    for warning in env_warnings:
+        log.warning("%s", warning)
+
+    # The port first, so that a busy one fails at once; it listens only once the model is ready.
+    sock, bind_error = (None, "") if args.check else try_bind(settings)
+    if bind_error:
+        return fail([bind_error], EXIT_BIND)
     try:
-        app = create_app(settings)
+        app = load(settings)
     except BundleError as e:
-        log.error("cannot serve model bundle: %s", e)
-        return 3
-    engine: Engine = app.state.engine
+        if sock is not None:
+            sock.close()
+        return fail([f"bad model bundle ({describe('model_dir')}): {one_line(str(e))}"], EXIT_BUNDLE)
     if args.check:
-        info = {k: v for k, v in engine.model_info().items() if k != "scores"}
-        listen = f"{settings.host}:{settings.port}"
-        print(
-            json.dumps({"settings": "ok", "listen": listen, "bundle": "verified", "model": info}, indent=2, default=str)
-        )
-        return 0
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s),
-        timeout_keep_alive=math.ceil(settings.keep_alive_s),
-        proxy_headers=settings.proxy_headers,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        server_header=False,
-    )
-    DrainingServer(config, engine).run()
-    return 0
+        probe, bind_error = try_bind(settings)
+        if probe is not None:
+            probe.close()
+        return check(settings, app, bind_error)
+    assert sock is not None
+    log.info("auth: %s", app.state.keys.describe())
+    if settings.cors_origins:
+        log.info("CORS: origins %s", ", ".join(settings.cors_origins))
+    build_server(app, settings, app.state.engine).run(sockets=[sock])
+    return EXIT_OK
 
 
 if __name__ == "__main__":
