@@ -49,7 +49,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     QA_PORT=8000
 USER ${APP_UID}:${APP_UID}
 EXPOSE 8000
-# No curl in the image; urlopen raises on 503, so "not ready" exits non-zero.
+# No curl in the image; urlopen raises on 503 (draining, stalled) and on "connection refused": the port opens
+# only once the model is loaded and warmed up, so the start period must cover the model load.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('QA_PORT', '8000'), timeout=2)"]
 CMD ["python", "-m", "app"]

@@ -24,6 +24,7 @@ COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
 K8S = ROOT / "deploy" / "k8s"
 K8S_BASE = K8S / "base"
 K8S_GPU = K8S / "overlays" / "gpu"
+K8S_NO_AUTH = K8S / "overlays" / "no-auth"
 
 # The one start command; README.md, the Dockerfile CMD, compose and k8s must all use it.
 START_COMMAND = ["python", "-m", "app"]
@@ -140,6 +141,8 @@ def check_deployment(dep: dict[str, Any]) -> dict[str, Any]:
     assert ports == {"http": PORT}
     assert env.get("QA_PORT", str(PORT)) == str(PORT)
 
+    # Kubernetes' service links (QA_<SERVICE>_PORT=tcp://...) would reach the server as unknown QA_* variables.
+    assert pod["enableServiceLinks"] is False
     probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert probes["startupProbe"]["path"] == "/readyz"
     assert probes["readinessProbe"]["path"] == "/readyz"
@@ -291,11 +294,17 @@ def test_k8s_gpu_patch_raw() -> None:
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
 
 
-@pytest.mark.parametrize("path", [K8S_BASE, K8S_GPU], ids=["base", "gpu"])
+@pytest.mark.parametrize("path", [K8S_BASE, K8S_GPU, K8S_NO_AUTH], ids=["base", "gpu", "no-auth"])
 def test_k8s_rendered(path: Path) -> None:
     docs = kustomize(path)
     (dep,) = deployments(docs)
     container = check_deployment(dep)
+    keys = [e for e in container["env"] if e["name"] == "QA_API_KEY"]
+    if path == K8S_NO_AUTH:
+        assert keys == [], "the no-auth overlay is the one deployment without the key"
+    else:
+        [key] = keys
+        assert key["valueFrom"]["secretKeyRef"]["optional"] is False
     (service,) = [d for d in docs if d["kind"] == "Service"]
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= {"http", PORT}
     if path == K8S_GPU:
@@ -325,7 +334,9 @@ def test_api_key_secret_and_network_policy() -> None:
     (secret,) = load_yaml_docs(K8S / "secret.example.yaml")
     assert secret["kind"] == "Secret" and secret["metadata"]["name"] == ref["name"]
     assert ref["key"] in secret["stringData"]
-    assert ref["optional"] is True  # without the Secret the service starts, open
+    # the pod does not start without the Secret: a missing one never leaves the API open by accident;
+    # running without auth is a deliberate choice (overlays/no-auth)
+    assert ref["optional"] is False
     kustomization = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
     assert "networkpolicy.yaml" in kustomization["resources"]
     assert "secret.example.yaml" not in str(kustomization)  # a real key never lives in the repository
