@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from qa_client import AnswerItem, AsyncQAClient, InvalidRequest, QAClient, Unauthorized
+from qa_client import AnswerItem, AsyncQAClient, InvalidRequest, Passage, QAClient, Unauthorized
 
 from tests.client.conftest import Server
 from tests.support.marker_model import MARKER
@@ -51,6 +51,20 @@ def test_read_with_plain_strings(qa_server: Server):
     assert passages[1][best.start : best.end] == MARKER
     assert best.id is None and best.snippet is None  # plain strings, and no return_context asked
     assert result.windows == 3
+
+
+def test_read_with_ids_titles_and_snippets(qa_server: Server):
+    passages = [
+        Passage("에펠탑은 파리에 있다.", id="doc-1"),
+        Passage("긴 문장. " * 30 + f"한국의 수도는 {MARKER}이다. " + "뒤 문장. " * 30, id="doc-7", title="수도"),
+        {"id": "doc-9", "text": "아무 관련 없는 글.", "meta": {"rank": 3}},
+    ]
+    with QAClient(qa_server.url, api_key=qa_server.api_key) as qa:
+        result = qa.read("한국의 수도는?", passages, top_k=1, return_context=True)
+    best = result.best
+    assert best is not None and (best.passage, best.id, best.title, best.text) == (1, "doc-7", "수도", MARKER)
+    assert best.snippet is not None and best.snippet.text[best.snippet.start : best.snippet.end] == MARKER
+    assert len(best.snippet.text) < len(passages[1].text)
 
 
 def test_an_invalid_request_is_an_error_with_code_fields_and_our_request_id(qa_server: Server):
