@@ -8,6 +8,7 @@ Needs Debian's chromium and chromium-driver (see .ci/run) and the dev extra (sel
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import signal
 import socket
@@ -17,6 +18,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support.browser import chromium_driver
 
@@ -45,14 +48,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as profile:
             driver = chromium_driver(Path(profile), args.width, args.height)
             try:
-                from selenium.webdriver.support.ui import WebDriverWait
-
                 driver.get(base + "/")
                 WebDriverWait(driver, 30).until(lambda d: "korquad" in d.find_element("id", "model").text)
-                driver.find_element("id", "example").click()
+                driver.find_element("id", "example-ko").click()
                 driver.find_element("id", "submit").click()
-                WebDriverWait(driver, 60).until(lambda d: "answer(s)" in d.find_element("id", "status").text)
-                driver.save_screenshot(str(args.out))
+                WebDriverWait(driver, 60).until(lambda d: d.find_element("id", "results").is_displayed())
+                # the page scrolls to its results; the picture shows all of it, from the top
+                page = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+                clip = {"x": 0, "y": 0, "width": page["width"], "height": page["height"], "scale": 1}
+                shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"clip": clip, "captureBeyondViewport": True})
+                args.out.write_bytes(base64.b64decode(shot["data"]))
             finally:
                 driver.quit()
     finally:
