@@ -126,7 +126,7 @@ def test_read_limits_name_the_passage(client):
     assert r.status_code == 422
     err = r.json()["error"]
     assert (err["code"], err["fields"][0]["field"]) == ("input_too_large", "passages.1")
-    assert err["message"].startswith("passage needs")
+    assert err["message"].startswith("passage 2 is too long: at most about ")
     r = client.post("/read", json={"question": "q?", "passages": [MARKER, MARKER, "\x01\x02"]})
     assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "passages.2"
     r = client.post("/read", json={"question": "\x7f", "passages": [MARKER]})

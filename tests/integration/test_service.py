@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +97,13 @@ def test_too_many_windows_is_422_naming_the_item(client, marker_bundle):
     r = client.post("/answer", json={"question": "q?", "context": huge[:29000]})
     assert r.status_code == 422
     assert r.json()["error"]["fields"][0]["field"] == "context"
+    # the limit is stated in characters, and it is true: text of this kind that long fits, a little more does not
+    message = r.json()["error"]["message"]
+    fits = int(re.search(r"at most about ([\d,]+) characters", message).group(1).replace(",", ""))
+    assert message.startswith("the context is too long") and "it has 29,000" in message
+    ok = client.post("/answer", json={"question": "q?", "context": huge[: int(fits * 0.97)]})
+    assert ok.status_code == 200 and ok.json()["windows"] <= 64
+    assert client.post("/answer", json={"question": "q?", "context": huge[: int(fits * 1.05)]}).status_code == 422
     r = client.post(
         "/batch_answer",
         json={"items": [{"question": "q?", "context": "짧다"}, {"question": "q?", "context": huge[:29000]}]},
@@ -143,8 +152,6 @@ def test_auto_variant_is_int8_on_cpu(marker_bundle):
 
 
 def test_tampered_bundle_is_refused(marker_bundle, tmp_path):
-    import shutil
-
     copy = tmp_path / "bundle"
     shutil.copytree(marker_bundle, copy)
     with (copy / "model.int8.onnx").open("ab") as f:
@@ -172,8 +179,6 @@ def test_text_that_tokenizes_to_nothing_is_422(client):
 
 
 def test_stalled_inference_turns_readiness_and_liveness_off(marker_bundle: Path):
-    import threading
-
     settings = Settings(model_dir=marker_bundle, intra_op_threads=1, stall_timeout_s=0.3, max_delay_ms=0)
     app = create_app(settings)
     with TestClient(app) as c:
