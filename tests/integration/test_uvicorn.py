@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -80,13 +81,15 @@ def test_real_server_answers_and_shuts_down_gracefully(marker_bundle):
     assert proc.returncode == 0, out
     assert "Application shutdown complete" in out
     assert "CPUExecutionProvider" in out  # the provider is in the start-up log
+    assert "auth: off" in out  # and whether the API needs a key
 
 
 def test_bad_bundle_exits_nonzero_with_reason(tmp_path):
     proc = start({"QA_MODEL_DIR": str(tmp_path), "QA_PORT": str(free_port())})
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 3
-    assert "manifest.json" in out
+    [line] = out.splitlines()  # one line: the reason (tests/integration/test_startup.py has the other cases)
+    assert "manifest.json" in line
 
 
 def test_invalid_settings_exit_2(tmp_path):
@@ -132,8 +135,6 @@ def test_static_int8_is_served_by_openvino_and_matches_onnxruntime(static_marker
 def test_idle_keep_alive_connection_outlives_client_idle_timeouts(marker_bundle: Path):
     """A connection idle longer than httpx's 5 s keep-alive is still served: a server that closed it first
     would race the client's next request, which the client sees as a reset (it did, under load)."""
-    import http.client
-
     port = free_port()
     proc = start({"QA_MODEL_DIR": str(marker_bundle), "QA_PORT": str(port)})
     try:
