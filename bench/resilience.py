@@ -1,8 +1,11 @@
-"""Load, overload, head-of-line and soak experiments against a real `python -m app` process.
+"""Load, overload, head-of-line, soak and hostile-client experiments against a real `python -m app` process.
 
-    python bench/resilience.py hol        # small requests while a big /batch_answer runs; the 1 MB body
-    python bench/resilience.py overload   # queue 16 windows, deadline 2 s, 64 clients for 30 s
-    python bench/resilience.py soak       # RSS over 2,000 requests at concurrency 4
+    python bench/resilience.py hol          # small requests while a big /batch_answer runs; the 1 MB body
+    python bench/resilience.py overload     # queue 16 windows, deadline 2 s, 64 clients for 30 s
+    python bench/resilience.py soak         # RSS over 2,000 requests at concurrency 4
+    python bench/resilience.py headers      # 16 clients send 1 MiB headers: status and time of each, RSS, /livez
+    python bench/resilience.py slow         # 250 slow-header and slow-body connections: still open after the timeouts?
+    python bench/resilience.py disconnects  # 100 mixed disconnects (mid-upload among them), then /metrics' 500s
 
 Each starts its own server on a free port with the settings it needs (the shipped model unless
 --model-dir says otherwise), drives it from this process, and prints one JSON object.
@@ -13,8 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
 import re
+import select
+import socket
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,8 +31,11 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(1, str(REPO))
 from load import DATA, joined_paragraphs, load_items  # noqa: E402
 from service import server  # noqa: E402
+
+from app.settings import Settings  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -180,11 +191,212 @@ async def soak(base: str, pid: int, requests: int, concurrency: int, warmup: int
     }
 
 
+# --------------------------------------------------------------------------- hostile clients
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def port_of(base: str) -> int:
+    return int(base.rsplit(":", 1)[1])
+
+
+def status_of(raw: bytes) -> int | None:
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", raw)
+    return int(m.group(1)) if m else None
+
+
+def read_response(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except OSError as e:
+        out += f"<{type(e).__name__}>".encode()
+    return out
+
+
+class Sampler:
+    """Samples a value (the server's RSS, its open files) every `every_s` in a thread while the block runs."""
+
+    def __init__(self, read, every_s: float = 0.02) -> None:
+        self.read, self.every_s, self.values = read, every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.values.append(self.read())
+            time.sleep(self.every_s)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def livez_while(base: str, stop: threading.Event, out: list[float]) -> None:
+    """/livez latency (ms) over and over until `stop`: a flood must not slow the probes."""
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while not stop.is_set():
+            t = time.perf_counter()
+            client.get("/livez")
+            out.append((time.perf_counter() - t) * 1000)
+            time.sleep(0.05)
+
+
+def header_flood(base: str, pid: int, clients: int, header_mib: float) -> dict[str, object]:
+    """`clients` connections at once, each sending a request whose headers are `header_mib` MiB, all of it before
+    reading (as a plain client does); the status and time of each, the server's RSS and /livez meanwhile."""
+    port = port_of(base)
+    header = b"GET /livez HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * int(header_mib * (1 << 20)) + b"\r\n\r\n"
+    results: list[tuple[int | None, float, str]] = []
+
+    def one() -> None:
+        t = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            try:
+                s.sendall(header)
+                sent = "all"
+            except OSError as e:
+                sent = f"cut: {type(e).__name__}"
+            raw = read_response(s, 60)
+        results.append((status_of(raw), round(time.perf_counter() - t, 3), sent))
+
+    time.sleep(1.0)
+    rss_idle = rss_mb(pid)
+    stop, livez_ms = threading.Event(), []
+    probe = threading.Thread(target=livez_while, args=(base, stop, livez_ms), daemon=True)
+    probe.start()
+    with Sampler(lambda: rss_mb(pid)) as rss:
+        threads = [threading.Thread(target=one) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    stop.set()
+    probe.join()
+    time.sleep(1.0)
+    return {
+        "clients": clients,
+        "header_mib": header_mib,
+        "statuses": dict(Counter(s for s, _, _ in results)),
+        "sent": dict(Counter(sent for _, _, sent in results)),
+        "seconds_each": sorted(sec for _, sec, _ in results),
+        "rss_mb_idle": round(rss_idle, 1),
+        "rss_mb_peak_during": round(max(rss.values, default=rss_idle), 1),
+        "rss_mb_after": round(rss_mb(pid), 1),
+        "livez_ms_max_during": round(max(livez_ms, default=0), 1),
+        "livez_n_during": len(livez_ms),
+    }
+
+
+def slow_clients(base: str, pid: int, connections: int, seconds: float, byte_every_s: float) -> dict[str, object]:
+    """Half the connections send their headers, half their body, one byte every `byte_every_s`, for `seconds`:
+    how many the server has closed (and with what status), and its open files before, during and after."""
+    port = port_of(base)
+    files_before = open_files(pid)
+    head = b"GET /livez HTTP/1.1\r\nhost: x\r\nx-slow: "
+    post = (
+        b"POST /answer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n"
+        b'{"question": "'
+    )
+    conns: dict[socket.socket, str] = {}
+    for i in range(connections):
+        s = socket.create_connection(("127.0.0.1", port))
+        kind = "header" if i % 2 == 0 else "body"
+        s.sendall(head if kind == "header" else post)
+        s.setblocking(False)
+        conns[s] = kind
+    closed: dict[str, Counter[str]] = {"header": Counter(), "body": Counter()}
+    files_during = []
+    t0 = time.monotonic()
+    next_byte = t0
+    while time.monotonic() - t0 < seconds and conns:
+        readable, _, _ = select.select(list(conns), [], [], 0.2)
+        for s in readable:
+            try:
+                raw = s.recv(65536)
+            except OSError:
+                raw = b""
+            closed[conns.pop(s)][str(status_of(raw) or "closed")] += 1
+            s.close()
+        if time.monotonic() >= next_byte:
+            next_byte += byte_every_s
+            files_during.append(open_files(pid))
+            for s in list(conns):
+                try:
+                    s.send(b"a", socket.MSG_NOSIGNAL)
+                except OSError:
+                    closed[conns.pop(s)]["reset"] += 1
+                    s.close()
+    still_open = Counter(conns.values())
+    for s in conns:
+        s.close()
+    time.sleep(1.0)
+    return {
+        "connections": connections,
+        "seconds": seconds,
+        "byte_every_s": byte_every_s,
+        "still_open_at_end": {"header": still_open["header"], "body": still_open["body"]},
+        "closed_by_server": {k: dict(v) for k, v in closed.items()},
+        "open_files_before": files_before,
+        "open_files_peak_during": max(files_during, default=files_before),
+        "open_files_at_end_of_run": files_during[-1] if files_during else files_before,
+        "open_files_after_clients_closed": open_files(pid),
+    }
+
+
+def disconnect_storm(base: str, n: int, seed: int = 0) -> dict[str, object]:
+    """`n` connections that each go away at a different stage, then /metrics: how many 500s (there must be none)."""
+    port = port_of(base)
+    items = load_items(DATA, slice(112, 140))
+    rnd = random.Random(seed)
+    kinds = ["connect", "mid_head", "mid_upload", "queued", "during_413_drain"]
+    done: Counter[str] = Counter()
+    before = httpx.get(base + "/metrics").text
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        body = json.dumps(items[rnd.randrange(len(items))]).encode()
+        head = b"POST /answer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            if kind == "mid_head":
+                s.sendall(head)
+            elif kind == "mid_upload":
+                s.sendall(head + f"content-length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+            elif kind == "queued":
+                s.sendall(head + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+            elif kind == "during_413_drain":
+                s.sendall(head + b"content-length: 99999999\r\n\r\n" + b"x" * 100_000)
+            time.sleep(rnd.uniform(0.0, 0.05))
+        done[kind] += 1
+    time.sleep(2.0)  # the server notices the last ones
+    after = httpx.get(base + "/metrics").text
+
+    def outcomes(text: str) -> Counter[str]:
+        found: Counter[str] = Counter()
+        for m in re.finditer(r'^qa_requests_total\{endpoint="/answer",outcome="(\d+)"\} ([0-9.e+]+)$', text, re.M):
+            found[m.group(1)] += float(m.group(2))
+        return found
+
+    delta = outcomes(after)
+    delta.subtract(outcomes(before))
+    return {
+        "disconnects": dict(done),
+        # /answer's outcomes; a "queued" client may have had its 200 before it left, on a fast model
+        "answer_outcomes_counted": {k: int(v) for k, v in sorted(delta.items()) if v},
+        "count_500": int(delta.get("500", 0)),
+    }
+
+
 def plot_rss(result: dict[str, object], path: Path, command: str) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - an optional package, only for --plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     rss = list(result["rss_mb_every_100"])  # type: ignore[call-overload]
     x = [100 * i for i in range(len(rss))]
@@ -203,14 +415,24 @@ def plot_rss(result: dict[str, object], path: Path, command: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["hol", "overload", "soak"])
+    ap.add_argument("experiment", choices=["hol", "overload", "soak", "headers", "slow", "disconnects"])
     ap.add_argument("--model-dir", default=None, help="bundle to serve (default: the shipped models/default)")
-    ap.add_argument("--clients", type=int, default=64, help="overload: concurrent clients")
-    ap.add_argument("--seconds", type=float, default=30.0, help="overload: duration")
+    ap.add_argument("--clients", type=int, default=None, help="overload: concurrent clients (64); headers: (16)")
+    ap.add_argument(
+        "--seconds", type=float, default=None, help="overload: duration (30); slow: (both timeouts passed, plus 5 s)"
+    )
     ap.add_argument("--requests", type=int, default=2000, help="soak: requests")
     ap.add_argument("--concurrency", type=int, default=4, help="soak: concurrent clients")
     ap.add_argument("--warmup", type=int, default=200, help="soak: requests before the RSS baseline")
     ap.add_argument("--plot", type=Path, default=None, help="soak: also draw RSS over requests into this PNG")
+    ap.add_argument("--header-mib", type=float, default=1.0, help="headers: MiB of header per client")
+    ap.add_argument("--connections", type=int, default=250, help="slow: slow connections (half header, half body)")
+    ap.add_argument("--byte-every", type=float, default=1.0, help="slow: seconds between a slow client's bytes")
+    ap.add_argument(
+        "--header-timeout", type=float, default=None, help="slow: QA_HEADER_TIMEOUT_S (default: its default)"
+    )
+    ap.add_argument("--body-timeout", type=float, default=None, help="slow: QA_BODY_TIMEOUT_S (default: its default)")
+    ap.add_argument("--disconnects", type=int, default=100, help="disconnects: connections that go away")
     args = ap.parse_args()
     if args.experiment == "hol":
         with server({}, args.model_dir) as (_, base):
@@ -218,10 +440,28 @@ def main() -> None:
     elif args.experiment == "overload":
         env = {"QA_MAX_QUEUE_WINDOWS": "16", "QA_MAX_WINDOWS_PER_REQUEST": "16", "QA_REQUEST_TIMEOUT_S": "2"}
         with server(env, args.model_dir) as (_, base):
-            result = asyncio.run(overload(base, args.clients, args.seconds))
-    else:
+            result = asyncio.run(overload(base, args.clients or 64, args.seconds or 30.0))
+    elif args.experiment == "soak":
         with server({}, args.model_dir) as (proc, base):
             result = asyncio.run(soak(base, proc.pid, args.requests, args.concurrency, args.warmup))
+    elif args.experiment == "headers":
+        with server({}, args.model_dir) as (proc, base):
+            result = header_flood(base, proc.pid, args.clients or 16, args.header_mib)
+    elif args.experiment == "slow":
+        env = {}
+        if args.header_timeout is not None:
+            env["QA_HEADER_TIMEOUT_S"] = str(args.header_timeout)
+        if args.body_timeout is not None:
+            env["QA_BODY_TIMEOUT_S"] = str(args.body_timeout)
+        limits = Settings(**{k.removeprefix("QA_").lower(): v for k, v in env.items()})
+        # until both timeouts have passed, plus the protocol's body backstop and some slack
+        seconds = args.seconds or max(limits.header_timeout_s, limits.body_timeout_s) + 5
+        with server(env, args.model_dir) as (proc, base):
+            result = slow_clients(base, proc.pid, args.connections, seconds, args.byte_every)
+        result = {"header_timeout_s": limits.header_timeout_s, "body_timeout_s": limits.body_timeout_s, **result}
+    else:
+        with server({}, args.model_dir) as (_, base):
+            result = disconnect_storm(base, args.disconnects)
     command = " ".join(["python", *sys.argv])
     if args.experiment == "soak" and args.plot is not None:
         plot_rss(result, args.plot, command)
