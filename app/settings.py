@@ -169,10 +169,14 @@ class Settings(BaseSettings):
 
     # --- access ---
     api_key: SecretStr | None = Field(
-        None, description="Bearer token required on the QA endpoints; unset = open. Probes stay open."
+        None,
+        description="Bearer token required on the QA endpoints; unset = open. Probes stay open. Surrounding "
+        "whitespace (a file's newline) is stripped; an empty value stops start-up instead of matching nothing.",
     )
     api_keys_file: Path | None = Field(
-        None, description="File of bearer tokens, one per line (# comments); adds to api_key. Rotate by editing it."
+        None,
+        description="File of bearer tokens, one per line (# comments); adds to api_key. Rotate by editing it. "
+        "A file with no key stops start-up.",
     )
     metrics_auth: bool = Field(False, description="Require the bearer token on /metrics too.")
     docs: bool = Field(
