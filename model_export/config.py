@@ -1,18 +1,73 @@
-"""The typed build config (configs/*.toml): unknown keys and wrong types are errors that name the key."""
+"""Typed configs: the build config (configs/*.toml, unknown keys and wrong types are errors that name the key),
+the training config, and the build's article splits checked against its data file."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from app.engine.windows import WindowSpec
+from model_export.data import article_count, article_folds, articles_spec, parse_articles
 from model_export.metrics import CALIBRATION_METRIC, Metric
 
+log = logging.getLogger(__name__)
+
 Variant = Literal["fp32", "fp16", "int8"]
+
+
+@dataclass
+class TrainConfig:
+    """What `model_export.train.train` runs: the `train` verb's flags, and a build config's [train] section."""
+
+    base_model: str  # local HF model directory (or a hub id when the hub is reachable)
+    train_file: str
+    output_dir: str
+    train_articles: str | None = "0:112"
+    max_seq_length: int = 384
+    doc_stride: int = 128
+    max_query_length: int = 64
+    epochs: float = 2.0
+    batch_size: int = 16
+    grad_accum: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    freeze_word_embeddings: bool = True
+    layer_decay: float = 1.0  # layer-wise lr decay: layer i of L gets lr * layer_decay ** (L - i)
+    negatives: float = 0.0  # unanswerable pairs per question: its question over a paragraph without its answer
+    eval_articles: str | None = None  # a dev slice scored after every epoch (tuning only; never the test split)
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    max_steps: int | None = None  # overrides epochs (smoke tests)
+    max_examples: int | None = None
+    threads: int | None = None
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 ; auto: see train.auto_precision
+    extra: dict[str, object] = dataclasses.field(default_factory=dict)
+
+    @property
+    def windows(self) -> WindowSpec:
+        return WindowSpec(self.max_seq_length, self.doc_stride, self.max_query_length)
+
+    @classmethod
+    def from_record(cls, recorded: Mapping[str, Any]) -> TrainConfig:
+        """The config a training run recorded (training.json's "config", a manifest's training.config), read by
+        this version: keys it no longer has are dropped, so a checkpoint trained by older code still reads.
+        Distillation's teachers, distill_alpha and distill_temperature went that way (MODEL_CARD.md)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        dropped = sorted(set(recorded) - known)
+        if dropped:
+            log.info("recorded training config: ignoring keys this version does not have: %s", dropped)
+        return cls(**{k: v for k, v in recorded.items() if k in known})
 
 
 class ConfigError(ValueError):
@@ -49,6 +104,11 @@ class WindowsSection(_Section):
     doc_stride: int = Field(128, ge=0)
     max_query_length: int = Field(64, gt=0)
 
+    @property
+    def spec(self) -> WindowSpec:
+        """The windows as the engine takes them."""
+        return WindowSpec(self.max_seq_length, self.doc_stride, self.max_query_length)
+
 
 def add_window_flags(p: argparse.ArgumentParser) -> None:
     """--max-seq-length, --doc-stride and --max-query-length for a command that windows text on its own; the
@@ -62,25 +122,19 @@ def add_window_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + field.replace("_", "-"), type=int, default=default, help=f"{what} (default {default})")
 
 
-def window_flags(args: argparse.Namespace) -> WindowsSection:
+def window_flags(args: argparse.Namespace) -> WindowSpec:
     """The windows `add_window_flags` parsed, checked as the build config checks them."""
     return WindowsSection(
         max_seq_length=args.max_seq_length, doc_stride=args.doc_stride, max_query_length=args.max_query_length
-    )
+    ).spec
 
 
 def _train_section() -> type[BaseModel]:
     """Every TrainConfig field except those the build sets itself (paths, data, windows)."""
-    from model_export.train import TrainConfig
-
     owned = {"base_model", "train_file", "output_dir", "train_articles", "max_seq_length", "doc_stride"}
     owned |= {"max_query_length", "extra"}
     hints = get_type_hints(TrainConfig)
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name not in owned:
-            default = Field(default_factory=f.default_factory) if f.default is dataclasses.MISSING else f.default
-            fields[f.name] = (hints[f.name], default)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(TrainConfig) if f.name not in owned}
     return create_model("TrainSection", __base__=_Section, **fields)
 
 
@@ -102,15 +156,12 @@ class DecodeSection(_Section):
 class ExportSection(_Section):
     variants: list[Variant] = ["fp32", "fp16", "int8"]  # built, validated and scored
     bundle_variants: list[Variant] | None = None  # shipped; default: all of `variants`
-    # static: NNCF QDQ, run by OpenVINO; dynamic: ORT's fused graph; weight-only: smaller, not faster
-    int8_method: Literal["static", "dynamic", "weight-only"] = "dynamic"
+    # static: NNCF QDQ, run by OpenVINO; dynamic: ORT's fused graph
+    int8_method: Literal["static", "dynamic"] = "dynamic"
     per_channel: bool = True  # dynamic
     smooth_alpha: float | None = Field(0.7, gt=0, lt=1)  # dynamic: SmoothQuant migration strength; None = off
     calibration_windows: int = Field(64, ge=1)  # static, and dynamic + smoothing: training-split windows
     quantize_embeddings: bool = True  # dynamic
-    matmul_bits: int = 8  # weight-only
-    gather_bits: int | None = 4  # weight-only
-    block_size: int = 32  # weight-only
     max_bundle_mb: float | None = Field(None, gt=0)
     opset: int | None = None  # optimum's default for the architecture
 
@@ -251,3 +302,45 @@ def load_build_config(path: Path, overrides: list[str] | None = None) -> BuildCo
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
     return parse_build_config(apply_overrides(raw, overrides or []), str(path))
+
+
+# ---------------------------------------------------------------- article splits against the data file
+
+
+def fold_splits(data_file: str, train_articles: str, folds: int) -> list[tuple[str, str, str]]:
+    """(fit articles, held-out articles, dir name under work_dir/calibrate) of each calibration fold; the GPU
+    script trains the same folds and returns the same layout."""
+    n_articles = article_count(data_file)
+    splits = article_folds(train_articles, folds, n_articles)
+    if any(len(parse_articles(held, n_articles)) < 2 for _, held in splits):
+        # before any training: each block needs cross-article pairs for the null threshold
+        raise ValueError(f"calibrate.folds = {folds}: every fold must hold out at least two articles")
+    return [(fit, held, f"fold-{i}-of-{folds}") for i, (fit, held) in enumerate(splits, start=1)]
+
+
+def check_splits(cfg: BuildConfig, held_out: dict[str, tuple[str, str]] | None = None) -> None:
+    """Raise ConfigError, before any training, on article ranges that the build would trip on hours later or
+    that would spoil a held-out set: a range that selects no article, test articles that are also trained,
+    calibrated or tuned on, a dev slice its own model trains on, folds too small to calibrate. `held_out`
+    names more (fit, dev) pairs, a sweep's; the calibration dev slice is one when it is enabled."""
+    d, c = cfg.data, cfg.calibrate
+    pairs = dict(held_out or {})
+    if c.enabled and not c.folds:
+        pairs["calibrate"] = (c.fit_articles, c.dev_articles)
+    try:
+        n = article_count(d.file)
+
+        def clash(a: tuple[str, str], b: tuple[str, str]) -> None:
+            if shared := sorted(set(parse_articles(a[1], n)) & set(parse_articles(b[1], n))):
+                raise ValueError(f"{a[0]} and {b[0]} share articles {articles_spec(shared)}")
+
+        test = ("data.test_articles", d.test_articles)
+        clash(("data.train_articles", d.train_articles), test)
+        for name, (fit, dev) in pairs.items():
+            clash((f"{name}.fit_articles", fit), test)
+            clash((f"{name}.dev_articles", dev), test)
+            clash((f"{name}.fit_articles", fit), (f"{name}.dev_articles", dev))
+        if c.enabled and c.folds:
+            fold_splits(d.file, d.train_articles, c.folds)
+    except (OSError, ValueError, LookupError, TypeError) as e:
+        raise ConfigError(f"data.file {d.file}: {e}") from e

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.engine.windows import PairTokenizer, Window, encode_pairs, label_window, make_windows
+from app.engine.windows import PairTokenizer, Window, WindowSpec, encode_windows, label_window
 
 
 @dataclass(frozen=True)
@@ -98,56 +98,25 @@ def load_squad(path: Path, articles: str | None = None) -> list[Example]:
     return out
 
 
-def load_hf_dataset(name: str, split: str) -> list[Example]:
-    """A SQuAD-schema dataset from the `datasets` library (needs the hub or a local cache)."""
-    from datasets import load_dataset
-
-    ds = load_dataset(name, split=split)
-    return [
-        Example(
-            r["id"],
-            r.get("title", ""),
-            r["question"],
-            r["context"],
-            tuple(zip(r["answers"]["text"], map(int, r["answers"]["answer_start"]), strict=True)),
-        )
-        for r in ds
-    ]
-
-
-def load_examples(source: str, articles: str | None = None, split: str = "validation") -> list[Example]:
-    """A JSON file path, or `hf:NAME` for a `datasets` dataset."""
-    if source.startswith("hf:"):
-        return load_hf_dataset(source[3:], split)
+def load_examples(source: str, articles: str | None = None) -> list[Example]:
+    """The selected articles of a SQuAD-format JSON file."""
     return load_squad(Path(source), articles)
 
 
 def iter_windows(
-    tokenizer: PairTokenizer,
-    examples: list[Example],
-    max_seq_length: int,
-    doc_stride: int,
-    max_query_length: int,
-    chunk: int = 256,
+    tokenizer: PairTokenizer, examples: list[Example], spec: WindowSpec, chunk: int = 256
 ) -> Iterator[tuple[int, list[Window]]]:
     """(example index, its windows), tokenizing in chunks."""
     for i in range(0, len(examples), chunk):
         part = examples[i : i + chunk]
-        pairs = encode_pairs(tokenizer, [(e.question, e.context) for e in part])
-        for j, pair in enumerate(pairs):
-            yield i + j, make_windows(pair, max_seq_length, doc_stride, max_query_length)
+        for j, windows in enumerate(encode_windows(tokenizer, [(e.question, e.context) for e in part], spec)):
+            yield i + j, windows
 
 
-def training_features(
-    tokenizer: PairTokenizer,
-    examples: list[Example],
-    max_seq_length: int,
-    doc_stride: int,
-    max_query_length: int,
-) -> list[Feature]:
+def training_features(tokenizer: PairTokenizer, examples: list[Example], spec: WindowSpec) -> list[Feature]:
     """Every window of every example, labelled with its answer tokens or CLS (0, 0)."""
     features: list[Feature] = []
-    for idx, windows in iter_windows(tokenizer, examples, max_seq_length, doc_stride, max_query_length):
+    for idx, windows in iter_windows(tokenizer, examples, spec):
         if not examples[idx].answers:  # unanswerable: every window points at CLS
             features += [Feature(idx, w, 0, 0) for w in windows]
             continue

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import inspect
 import json
 import logging
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,10 +16,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from app.engine.bundle import BundleError, Score
+from app.engine.bundle import Score
+from app.engine.interface import QARequest
+from app.engine.qa import QAEngine
 from app.engine.spans import decode_spans
-from app.engine.windows import PairTokenizer, Window, encode_pairs, make_windows, pad_batch, pad_token_id
-from app.settings import cpu_quota
+from app.engine.windows import PairTokenizer, Window, WindowSpec, encode_windows, pad_batch, pad_token_id
+from app.settings import Settings, cpu_quota
+from model_export.checkpoint import backend_tokenizer, checkpoint_windows, load_fast_tokenizer
 from model_export.data import Example, load_examples
 from model_export.metrics import METRICS, score
 
@@ -49,13 +50,6 @@ class Predictor(Protocol):
     def predict(self, pairs: Sequence[tuple[str, str]], top_k: int, max_answer_length: int) -> list[list[Span]]: ...
 
 
-@dataclass(frozen=True)
-class WindowSettings:
-    max_seq_length: int = 384
-    doc_stride: int = 128
-    max_query_length: int = 64
-
-
 class WindowPredictor:
     """Local models: windows from app.engine.windows, length-sorted padded batches, spans from app.engine.spans.
 
@@ -67,7 +61,7 @@ class WindowPredictor:
         self,
         tokenizer: PairTokenizer,
         logits_fn: LogitsFn,
-        windows: WindowSettings,
+        windows: WindowSpec,
         pad_id: int,
         batch_size: int = 32,
         chunk_examples: int = 256,
@@ -101,13 +95,9 @@ class WindowPredictor:
 
     def predict(self, pairs: Sequence[tuple[str, str]], top_k: int, max_answer_length: int) -> list[list[Span]]:
         results: list[list[Span]] = []
-        w = self.windows
         for c in range(0, len(pairs), self.chunk_examples):
             chunk = pairs[c : c + self.chunk_examples]
-            per_pair = [
-                make_windows(enc, w.max_seq_length, w.doc_stride, w.max_query_length)
-                for enc in encode_pairs(self.tokenizer, chunk)
-            ]
+            per_pair = encode_windows(self.tokenizer, chunk, self.windows)
             flat = [win for wins in per_pair for win in wins]
             logits = self._logits(flat)
             pos = 0
@@ -189,7 +179,7 @@ class ServicePredictor:
 
 def torch_logits_fn(model: Any, device: Any) -> LogitsFn:
     """Logits from a transformers QA model; feeds only the inputs its forward() takes."""
-    import torch
+    import torch  # noqa: PLC0415 - torch: export extra, seconds to import
 
     accepted = set(inspect.signature(model.forward).parameters)
 
@@ -202,28 +192,15 @@ def torch_logits_fn(model: Any, device: Any) -> LogitsFn:
     return run
 
 
-def checkpoint_windows(model_dir: Path, overrides: dict[str, int | None]) -> WindowSettings:
-    """Window settings: explicit arguments, else the checkpoint's training.json, else the defaults."""
-    values = asdict(WindowSettings())
-    training = model_dir / "training.json"
-    if training.is_file():
-        config = json.loads(training.read_text(encoding="utf-8")).get("config", {})
-        values.update({k: int(config[k]) for k in values if config.get(k) is not None})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return WindowSettings(**values)
-
-
 def open_checkpoint(
-    model_dir: Path, windows: WindowSettings, batch_size: int, threads: int, device: str = "auto"
+    model_dir: Path, windows: WindowSpec, batch_size: int, threads: int, device: str = "auto"
 ) -> WindowPredictor:
     """A transformers checkpoint directory (config.json, weights, tokenizer files).
 
     Its tokenizer is the one transformers loads, as `bundle` ships it, so a checkpoint and its bundle window alike.
     """
-    import torch
-    from transformers import AutoModelForQuestionAnswering
-
-    from model_export.pipeline import backend_tokenizer, load_fast_tokenizer
+    import torch  # noqa: PLC0415 - torch: export extra, seconds to import
+    from transformers import AutoModelForQuestionAnswering  # noqa: PLC0415 - export extra
 
     torch.set_num_threads(threads)
     dev = torch.device(
@@ -245,9 +222,6 @@ class EnginePredictor:
     CHUNK = 256  # questions per engine call: bounds the windows in flight, not the result
 
     def __init__(self, bundle_dir: Path, variant: str, threads: int) -> None:
-        from app.engine.qa import QAEngine
-        from app.settings import Settings
-
         huge = 10**9  # the service's per-request limits protect a server, not an offline job
         self.settings = Settings(
             model_dir=bundle_dir,
@@ -274,8 +248,6 @@ class EnginePredictor:
         return asyncio.run(self._predict(pairs, top_k, max_answer_length))
 
     async def _predict(self, pairs: Sequence[tuple[str, str]], top_k: int, max_answer_length: int) -> list[list[Span]]:
-        from app.engine.interface import QARequest
-
         engine = self.engine
         await engine.start()
         try:
@@ -393,49 +365,3 @@ def manifest_scores(result: dict[str, Any], dataset: str, split: str) -> list[Sc
         )
         for metric in METRICS
     ]
-
-
-def _evaluate_command(args: argparse.Namespace) -> int:
-    try:
-        result = evaluate_model(
-            args.model,
-            args.data,
-            args.articles,
-            Path(args.out) if args.out else None,
-            args.variant,
-            args.max_answer_length,
-            args.batch_size,
-            args.threads,
-            {
-                "max_seq_length": args.max_seq_length,
-                "doc_stride": args.doc_stride,
-                "max_query_length": args.max_query_length,
-            },
-        )
-    except (OSError, ValueError, BundleError, RuntimeError) as e:
-        print(f"evaluate: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `evaluate` verb."""
-    p = subparsers.add_parser("evaluate", help="predict a split with a checkpoint, bundle or service and score it")
-    p.add_argument("--model", required=True, help="checkpoint dir, bundle dir (manifest.json) or http(s) service URL")
-    p.add_argument("--data", required=True, help="SQuAD-format JSON file (or hf:NAME)")
-    p.add_argument("--articles", default="112:140", help="article range (default 112:140, the held-out test split)")
-    p.add_argument("--out", default=None, help="directory for predictions.json, nbest.json and scores.json")
-    p.add_argument("--variant", default="auto", help="bundle precision: int8|fp32|fp16 (auto: int8 if present)")
-    p.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens (local models)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=32,
-        help="checkpoint: windows per model call; service: questions per request (a bundle batches as the service)",
-    )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPUs this process may use)")
-    p.add_argument("--max-seq-length", type=int, default=None, help="checkpoint only (default: training.json, 384)")
-    p.add_argument("--doc-stride", type=int, default=None, help="checkpoint only (default: training.json, 128)")
-    p.add_argument("--max-query-length", type=int, default=None, help="checkpoint only (default: training.json, 64)")
-    p.set_defaults(func=_evaluate_command)

@@ -9,14 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from model_export.checkpoint import ExportError
+
 log = logging.getLogger(__name__)
 
 TASK = "question-answering"
 OUTPUT_NAMES = ["start_logits", "end_logits"]
-
-
-class ExportError(RuntimeError):
-    """A checkpoint that cannot become a bundle; the message says what the user can do about it."""
 
 
 @dataclass(frozen=True)
@@ -34,8 +32,8 @@ class ExportInfo:
 
 def supported_model_types() -> list[str]:
     """Model types optimum-onnx can export for question answering."""
-    import optimum.exporters.onnx.model_configs  # noqa: F401 - registers the ONNX configs with TasksManager
-    from optimum.exporters.tasks import TasksManager
+    import optimum.exporters.onnx.model_configs  # noqa: F401, PLC0415 - registers the ONNX configs with TasksManager
+    from optimum.exporters.tasks import TasksManager  # noqa: PLC0415 - export extra
 
     return sorted(TasksManager.get_supported_model_type_for_task(TASK, exporter="onnx"))
 
@@ -58,7 +56,7 @@ def load_qa_model(model: str | Path, local_files_only: bool = False) -> Any:
     path exports differently and mostly stays unfused. A checkpoint whose QA head is missing would load
     with a freshly initialised one, and random spans, so that is an error here.
     """
-    from transformers import AutoConfig, AutoModelForQuestionAnswering
+    from transformers import AutoConfig, AutoModelForQuestionAnswering  # noqa: PLC0415 - export extra
 
     try:
         config = AutoConfig.from_pretrained(str(model), local_files_only=local_files_only)
@@ -94,7 +92,7 @@ def _heads_and_hidden(config: Any) -> tuple[int, int]:
 
 def graph_input_names(path: Path) -> list[str]:
     """The graph's inputs in order (initializers excluded): exactly what the service will feed."""
-    import onnx
+    import onnx  # noqa: PLC0415 - export extra
 
     m = onnx.load(str(path), load_external_data=False)
     initializers = {i.name for i in m.graph.initializer}
@@ -107,7 +105,7 @@ def export_onnx(model: Any, out_dir: Path, opset: int | None = None) -> ExportIn
     The exporter runs the PyTorch model and ONNX Runtime on the same dummy inputs and compares names,
     shapes and values; validate.py then checks every variant on real, padded windows.
     """
-    from optimum.exporters.onnx import onnx_export_from_model
+    from optimum.exporters.onnx import onnx_export_from_model  # noqa: PLC0415 - export extra
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # the exporter puts the module back in its previous mode; it must be eval, or dropout stays on
@@ -116,7 +114,7 @@ def export_onnx(model: Any, out_dir: Path, opset: int | None = None) -> ExportIn
     path = out_dir / "model.onnx"
     if not path.is_file():
         raise ExportError(f"optimum's exporter wrote no {path.name} in {out_dir}")
-    import onnx
+    import onnx  # noqa: PLC0415 - export extra
 
     graph = onnx.load(str(path), load_external_data=False)
     outputs = [o.name for o in graph.graph.output]
@@ -140,7 +138,7 @@ def export_onnx(model: Any, out_dir: Path, opset: int | None = None) -> ExportIn
 
 def fusion_model_type(model_type: str) -> str | None:
     """onnxruntime.transformers' optimizer family for this architecture (optimum's table), None if it has none."""
-    from optimum.onnxruntime.utils import ORTConfigManager
+    from optimum.onnxruntime.utils import ORTConfigManager  # noqa: PLC0415 - export extra
 
     try:
         return ORTConfigManager.get_model_ort_type(model_type)
@@ -156,8 +154,8 @@ def optimize_onnx(src: Path, dst: Path, info: ExportInfo) -> dict[str, int]:
     The fused EmbedLayerNormalization turns attention_mask into per-row lengths, so batches must be
     right-padded (as app.engine.windows.pad_batch does); validate.py checks padded batches.
     """
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnxruntime.transformers.fusion_options import FusionOptions  # noqa: PLC0415 - its quantization and transformers tools need onnx (export extra)
+    from onnxruntime.transformers.optimizer import optimize_model  # noqa: PLC0415 - its quantization and transformers tools need onnx (export extra)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     family = fusion_model_type(info.model_type)
@@ -184,8 +182,8 @@ def optimize_onnx(src: Path, dst: Path, info: ExportInfo) -> dict[str, int]:
 
 def to_fp16(src: Path, dst: Path) -> Path:
     """Half-precision weights and compute for CUDA; inputs and outputs keep their dtypes (int64 in, fp32 out)."""
-    import onnx
-    from onnxruntime.transformers.onnx_model import OnnxModel
+    import onnx  # noqa: PLC0415 - export extra
+    from onnxruntime.transformers.onnx_model import OnnxModel  # noqa: PLC0415 - its quantization and transformers tools need onnx (export extra)
 
     model = OnnxModel(onnx.load(str(src)))
     model.convert_float_to_float16(keep_io_types=True)

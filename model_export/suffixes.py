@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from app.engine.windows import PairTokenizer, label_window
+from app.engine.windows import PairTokenizer, WindowSpec, label_window
 from model_export.data import Example, iter_windows
 
 
@@ -17,11 +17,11 @@ class SuffixRule:
 
 
 def token_aligned_answers(
-    tokenizer: PairTokenizer, examples: list[Example], max_seq_length: int, doc_stride: int, max_query_length: int
+    tokenizer: PairTokenizer, examples: list[Example], spec: WindowSpec
 ) -> list[tuple[str, list[str]]]:
     """(best text a perfect token-level model could return, gold texts) per answerable example."""
     out: list[tuple[str, list[str]]] = []
-    for idx, windows in iter_windows(tokenizer, examples, max_seq_length, doc_stride, max_query_length):
+    for idx, windows in iter_windows(tokenizer, examples, spec):
         ex = examples[idx]
         text, start = ex.answers[0]
         for w in windows:
@@ -35,19 +35,14 @@ def token_aligned_answers(
 
 
 def learn_trim_suffixes(
-    tokenizer: PairTokenizer,
-    examples: list[Example],
-    max_seq_length: int,
-    doc_stride: int,
-    max_query_length: int,
-    min_count: int = 3,
+    tokenizer: PairTokenizer, examples: list[Example], spec: WindowSpec, min_count: int = 3
 ) -> list[SuffixRule]:
     """Suffixes that, trimmed from token-aligned answers, fix more answers than they break; longest first.
 
     Candidates are the strings by which a token-aligned answer overruns its gold answer, seen at
     least `min_count` times. Pass only training examples: the rules ship in the bundle.
     """
-    aligned = token_aligned_answers(tokenizer, examples, max_seq_length, doc_stride, max_query_length)
+    aligned = token_aligned_answers(tokenizer, examples, spec)
     overrun = Counter(
         pred[len(golds[0]) :] for pred, golds in aligned if pred != golds[0] and pred.startswith(golds[0])
     )

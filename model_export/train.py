@@ -14,47 +14,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from app.engine.hardware import cpu_flags
 from app.engine.windows import pad_batch, pad_token_id
+from model_export.checkpoint import load_tokenizer
+from model_export.config import TrainConfig
 from model_export.data import Example, Feature, load_examples, negative_examples, training_features
+from model_export.evaluate import WindowPredictor, evaluate_predictor, torch_logits_fn
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    base_model: str  # local HF model directory (or a hub id when the hub is reachable)
-    train_file: str
-    output_dir: str
-    train_articles: str | None = "0:112"
-    max_seq_length: int = 384
-    doc_stride: int = 128
-    max_query_length: int = 64
-    epochs: float = 2.0
-    batch_size: int = 16
-    grad_accum: int = 1
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    freeze_word_embeddings: bool = True
-    layer_decay: float = 1.0  # layer-wise lr decay: layer i of L gets lr * layer_decay ** (L - i)
-    negatives: float = 0.0  # unanswerable pairs per question: its question over a paragraph without its answer
-    eval_articles: str | None = None  # a dev slice scored after every epoch (tuning only; never the test split)
-    teachers: list[str] = field(default_factory=list)  # checkpoint dirs whose mean logits the student also learns
-    distill_alpha: float = 0.5  # weight of the teachers' soft targets against the gold span
-    distill_temperature: float = 2.0
-    save_every: int = 100
-    keep_checkpoints: int = 2
-    max_steps: int | None = None  # overrides epochs (smoke tests)
-    max_examples: int | None = None
-    threads: int | None = None
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 ; auto: see auto_precision
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 # x86 instructions that multiply bf16 in hardware; without them bf16 autocast is emulated, and slower than fp32
@@ -108,7 +79,7 @@ def stop_on_signals() -> Iterator[list[int]]:
 
 
 def set_seed(seed: int) -> None:
-    import torch
+    import torch  # noqa: PLC0415 - torch: export extra, seconds to import
 
     random.seed(seed)
     np.random.seed(seed)
@@ -152,15 +123,6 @@ def rotate_checkpoints(out: Path, keep: int) -> None:
             shutil.rmtree(d)
 
 
-def load_tokenizer(model_dir: str):  # noqa: ANN201 - tokenizers.Tokenizer
-    from tokenizers import Tokenizer
-
-    path = Path(model_dir) / "tokenizer.json"
-    if path.exists():
-        return Tokenizer.from_file(str(path))
-    return Tokenizer.from_pretrained(model_dir)
-
-
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) fine-tuning; returns the directory of the final model. SIGTERM or SIGINT stops it after
     the step in progress, with a checkpoint, by raising TrainingStopped."""
@@ -168,10 +130,125 @@ def train(cfg: TrainConfig) -> Path:
         return _train(cfg, stop)
 
 
+@dataclass
+class _Run:
+    """A run's model, optimizer state and position: what a checkpoint saves and a resumed run restores."""
+
+    model: Any
+    optim: Any
+    sched: Any
+    scaler: Any
+    total: int  # optimizer steps of the whole run
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    history: list[dict[str, object]] = field(default_factory=list)  # dev scores by epoch
+    losses: list[float] = field(default_factory=list)
+
+    def save(self, out: Path, keep: int) -> None:
+        import torch  # noqa: PLC0415 - torch: export extra, seconds to import
+
+        d = out / f"checkpoint-{self.step}"
+        d.mkdir(exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "optim": self.optim.state_dict(),
+            "sched": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "torch_rng": torch.get_rng_state(),
+            "dev": self.history,
+        }
+        torch.save(state, d / "state.pt.tmp")
+        (d / "state.pt.tmp").rename(d / "state.pt")  # a checkpoint is whole or absent
+        rotate_checkpoints(out, keep)
+
+    def resume(self, ckpt: Path) -> None:
+        import torch  # noqa: PLC0415 - torch: export extra, seconds to import
+
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optim.load_state_dict(state["optim"])
+        self.sched.load_state_dict(state["sched"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.set_rng_state(state["torch_rng"])
+        self.history = state.get("dev", [])
+        log.info("resumed from %s at step %d", ckpt, self.step)
+
+
+def _precision(cfg: TrainConfig, device: Any) -> str:
+    """The config's precision, with "auto" resolved for this device."""
+    import torch  # noqa: PLC0415 - torch: export extra, seconds to import
+
+    if cfg.precision != "auto":
+        return cfg.precision
+    on_cuda = device.type == "cuda"
+    return auto_precision(on_cuda, on_cuda and torch.cuda.is_bf16_supported(), cpu_flags())
+
+
+def _training_data(cfg: TrainConfig, tokenizer: Any) -> tuple[list[Example], list[Feature]]:
+    """The training examples (with their unanswerable pairs) and every window of them, labelled."""
+    examples = load_examples(cfg.train_file, cfg.train_articles)
+    if cfg.max_examples:
+        examples = examples[: cfg.max_examples]
+    if cfg.negatives:
+        examples = examples + negative_examples(examples, cfg.negatives, random.Random(cfg.seed))
+    return examples, training_features(tokenizer, examples, cfg.windows)
+
+
+def _start(cfg: TrainConfig, device: Any, n_features: int, precision: str) -> _Run:
+    """The model with its head, AdamW and the linear warmup/decay schedule, at step 0."""
+    import torch  # noqa: PLC0415 - torch: export extra, seconds to import
+    from transformers import (  # noqa: PLC0415 - export extra
+        AutoModelForQuestionAnswering,
+        get_linear_schedule_with_warmup,
+    )
+
+    model = AutoModelForQuestionAnswering.from_pretrained(cfg.base_model).to(device)
+    if cfg.freeze_word_embeddings:
+        # 250k x 384 embeddings dominate the parameter count; freezing them keeps AdamW cheap on CPU
+        # and keeps rows for pieces unseen in the small training set exactly as pretrained.
+        model.base_model.embeddings.word_embeddings.weight.requires_grad_(False)
+    optim = make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(math.ceil(n_features / cfg.batch_size) / cfg.grad_accum)
+    total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
+    sched = get_linear_schedule_with_warmup(optim, int(total * cfg.warmup_ratio), total)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    return _Run(model, optim, sched, scaler, total)
+
+
+def _step(
+    run: _Run, feature_groups: list[list[Feature]], max_grad_norm: float, pad_id: int, device: Any, amp_dtype: Any
+) -> None:
+    """One optimizer step: the loss of each batch of the accumulation group, clipped gradients, AdamW."""
+    import torch  # noqa: PLC0415 - torch: export extra, seconds to import
+
+    for feats in feature_groups:
+        inputs = {
+            k: torch.from_numpy(v).to(device) for k, v in pad_batch([f.window for f in feats], pad_id, 32).items()
+        }
+        starts = torch.tensor([f.start_position for f in feats], device=device)
+        ends = torch.tensor([f.end_position for f in feats], device=device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = run.model(**inputs, start_positions=starts, end_positions=ends).loss
+        run.scaler.scale(loss / len(feature_groups)).backward()
+        run.losses.append(float(loss.detach()))
+    run.scaler.unscale_(run.optim)
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_grad_norm)
+    run.scaler.step(run.optim)
+    run.scaler.update()
+    run.sched.step()
+    run.optim.zero_grad(set_to_none=True)
+
+
 def _train(cfg: TrainConfig, stop: list[int]) -> Path:
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForQuestionAnswering, get_linear_schedule_with_warmup
+    import torch  # noqa: PLC0415 - torch: export extra, seconds to import
+    from tqdm.auto import tqdm  # noqa: PLC0415 - export extra
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,122 +256,66 @@ def _train(cfg: TrainConfig, stop: list[int]) -> Path:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = cfg.precision
-    if precision == "auto":
-        on_cuda = device.type == "cuda"
-        precision = auto_precision(on_cuda, on_cuda and torch.cuda.is_bf16_supported(), cpu_flags())
+    precision = _precision(cfg, device)
     log.info("training precision: %s", precision)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     tokenizer = load_tokenizer(cfg.base_model)
-    examples = load_examples(cfg.train_file, cfg.train_articles)
-    if cfg.max_examples:
-        examples = examples[: cfg.max_examples]
-    if cfg.negatives:
-        examples = examples + negative_examples(examples, cfg.negatives, random.Random(cfg.seed))
-    features = training_features(tokenizer, examples, cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length)
+    examples, features = _training_data(cfg, tokenizer)
     dev = load_examples(cfg.train_file, cfg.eval_articles) if cfg.eval_articles else []
-    history: list[dict[str, object]] = []
     pad_id = pad_token_id(tokenizer)
     log.info("%d examples -> %d windows", len(examples), len(features))
 
-    model = AutoModelForQuestionAnswering.from_pretrained(cfg.base_model).to(device)
-    teachers = [AutoModelForQuestionAnswering.from_pretrained(d).to(device).eval() for d in cfg.teachers]
-    if cfg.freeze_word_embeddings:
-        # 250k x 384 embeddings dominate the parameter count; freezing them keeps AdamW cheap on CPU
-        # and keeps rows for pieces unseen in the small training set exactly as pretrained.
-        model.base_model.embeddings.word_embeddings.weight.requires_grad_(False)
-    optim = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(math.ceil(len(features) / cfg.batch_size) / cfg.grad_accum)
-    total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
-    sched = get_linear_schedule_with_warmup(optim, int(total * cfg.warmup_ratio), total)
-    # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-    step, epoch, batch_in_epoch = 0, 0, 0
+    run = _start(cfg, device, len(features), precision)
     ckpt = _latest_checkpoint(out)
     if ckpt is not None:
-        state = torch.load(ckpt / "state.pt", weights_only=False)
-        model.load_state_dict(state["model"])
-        optim.load_state_dict(state["optim"])
-        sched.load_state_dict(state["sched"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        torch.set_rng_state(state["torch_rng"])
-        history = state.get("dev", [])
-        log.info("resumed from %s at step %d", ckpt, step)
+        run.resume(ckpt)
 
-    def save_checkpoint() -> None:
-        d = out / f"checkpoint-{step}"
-        d.mkdir(exist_ok=True)
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optim": optim.state_dict(),
-                "sched": sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "torch_rng": torch.get_rng_state(),
-                "dev": history,
-            },
-            d / "state.pt.tmp",
-        )
-        (d / "state.pt.tmp").rename(d / "state.pt")  # a checkpoint is whole or absent
-        rotate_checkpoints(out, cfg.keep_checkpoints)
+    def score_dev() -> None:
+        run.history.append({"epoch": run.epoch, "step": run.step, **dev_scores(run.model, tokenizer, dev, cfg, device)})
 
-    model.train()
-    bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True, mininterval=5)
+    run.model.train()
+    bar = tqdm(total=run.total, initial=run.step, desc="train", dynamic_ncols=True, mininterval=5)
     t0 = time.time()
-    losses: list[float] = []
-    while step < total:
+    while run.step < run.total:
         # the batch order of an epoch depends only on seed+epoch, so a resumed run sees the same order
-        batches = length_grouped_batches(features, cfg.batch_size, random.Random(cfg.seed + epoch))
-        while batch_in_epoch < len(batches) and step < total:
-            group = batches[batch_in_epoch : batch_in_epoch + cfg.grad_accum]
-            for idx in group:
-                feats = [features[i] for i in idx]
-                inputs = {
-                    k: torch.from_numpy(v).to(device)
-                    for k, v in pad_batch([f.window for f in feats], pad_id, 32).items()
-                }
-                starts = torch.tensor([f.start_position for f in feats], device=device)
-                ends = torch.tensor([f.end_position for f in feats], device=device)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    outputs = model(**inputs, start_positions=starts, end_positions=ends)
-                    loss = outputs.loss
-                    if teachers:
-                        loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill_loss(
-                            outputs, teachers, inputs, cfg.distill_temperature
-                        )
-                scaler.scale(loss / len(group)).backward()
-                losses.append(float(loss.detach()))
-            scaler.unscale_(optim)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            scaler.step(optim)
-            scaler.update()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            batch_in_epoch += len(group)
-            step += 1
+        batches = length_grouped_batches(features, cfg.batch_size, random.Random(cfg.seed + run.epoch))
+        while run.batch_in_epoch < len(batches) and run.step < run.total:
+            group = batches[run.batch_in_epoch : run.batch_in_epoch + cfg.grad_accum]
+            _step(run, [[features[i] for i in idx] for idx in group], cfg.max_grad_norm, pad_id, device, amp_dtype)
+            run.batch_in_epoch += len(group)
+            run.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{sched.get_last_lr()[0]:.2e}", epoch=epoch)
-            if step % cfg.save_every == 0 or stop:
-                save_checkpoint()
+            lr = run.sched.get_last_lr()[0]
+            bar.set_postfix(loss=f"{np.mean(run.losses[-20:]):.3f}", lr=f"{lr:.2e}", epoch=run.epoch)
+            if run.step % cfg.save_every == 0 or stop:
+                run.save(out, cfg.keep_checkpoints)
             if stop:
-                raise TrainingStopped(stop[0], step, out)
-        if batch_in_epoch >= len(batches):
-            epoch, batch_in_epoch = epoch + 1, 0
+                raise TrainingStopped(stop[0], run.step, out)
+        if run.batch_in_epoch >= len(batches):
+            run.epoch, run.batch_in_epoch = run.epoch + 1, 0
             if dev:
-                history.append({"epoch": epoch, "step": step, **dev_scores(model, tokenizer, dev, cfg, device)})
-                log.info("dev after epoch %d: %s", epoch, history[-1])
-                model.train()
+                score_dev()
+                log.info("dev after epoch %d: %s", run.epoch, run.history[-1])
+                run.model.train()
     bar.close()
-    if dev and (not history or history[-1]["step"] != step):  # a run cut short by max_steps is scored too
-        history.append({"epoch": epoch, "step": step, **dev_scores(model, tokenizer, dev, cfg, device)})
+    if dev and (not run.history or run.history[-1]["step"] != run.step):  # a run cut short by max_steps is scored too
+        score_dev()
+    record = {
+        "precision": precision,  # what "auto" resolved to on this device
+        "device": device.type,
+        "steps": run.step,
+        "windows": len(features),
+        "examples": len(examples),
+        "seconds": round(time.time() - t0, 1),
+        "final_loss": float(np.mean(run.losses[-50:])) if run.losses else None,
+        "dev": run.history,
+    }
+    return _save_final(cfg, run.model, out, record)
 
+
+def _save_final(cfg: TrainConfig, model: Any, out: Path, record: dict[str, object]) -> Path:
+    """out/final: the model, the base's tokenizer files and training.json (the config and `record`)."""
     # written beside final/ and renamed: the build reuses a final/ it finds, so a cut-short one must not exist
     final, staging = out / "final", out / "final.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -303,50 +324,11 @@ def _train(cfg: TrainConfig, stop: list[int]) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (Path(cfg.base_model) / name).is_file():
             shutil.copy(Path(cfg.base_model) / name, staging / name)
-    (staging / "training.json").write_text(
-        json.dumps(
-            {
-                "config": asdict(cfg),
-                "precision": precision,  # what "auto" resolved to on this device
-                "device": device.type,
-                "steps": step,
-                "windows": len(features),
-                "examples": len(examples),
-                "seconds": round(time.time() - t0, 1),
-                "final_loss": float(np.mean(losses[-50:])) if losses else None,
-                "dev": history,
-            },
-            indent=2,
-        )
-    )
+    (staging / "training.json").write_text(json.dumps({"config": asdict(cfg), **record}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     log.info("saved %s", final)
     return final
-
-
-def distill_loss(outputs, teachers: list, inputs: dict, temperature: float):  # noqa: ANN001, ANN201 - torch
-    """KL from the teachers' mean start/end distributions (softened by `temperature`) to the student's.
-
-    Padding is masked out of both distributions; the T^2 factor keeps the gradient scale independent of T.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    with torch.no_grad():
-        outs = [t(**inputs) for t in teachers]
-    pad = inputs["attention_mask"] == 0
-    loss = 0.0
-    for name in ("start_logits", "end_logits"):
-        target = torch.stack([getattr(o, name).float() for o in outs]).mean(0).masked_fill(pad, -1e4)
-        student = getattr(outputs, name).float().masked_fill(pad, -1e4)
-        loss = loss + F.kl_div(
-            F.log_softmax(student / temperature, -1),
-            F.log_softmax(target / temperature, -1),
-            log_target=True,
-            reduction="batchmean",
-        )
-    return loss / 2 * temperature**2
 
 
 def make_optimizer(model, cfg: TrainConfig, fused: bool = True):  # noqa: ANN001, ANN201 - torch
@@ -356,7 +338,7 @@ def make_optimizer(model, cfg: TrainConfig, fused: bool = True):  # noqa: ANN001
     The unfused update makes several passes over each tensor: on 2 CPU cores the 250k x 384 embedding's update
     took 0.75 s a step unfused against 0.10 s fused (the whole step is 15-20 s).
     """
-    import torch
+    import torch  # noqa: PLC0415 - torch: export extra, seconds to import
 
     device = next(model.parameters()).device.type
     fused = fused and device in ("cpu", "cuda")
@@ -388,11 +370,8 @@ def param_groups(model, cfg: TrainConfig) -> list[dict[str, object]]:  # noqa: A
 
 def dev_scores(model, tokenizer, dev: list[Example], cfg: TrainConfig, device) -> dict[str, float]:  # noqa: ANN001
     """EM/F1 (both metrics) on the dev slice, decoded exactly as the service decodes."""
-    from model_export.evaluate import WindowPredictor, WindowSettings, evaluate_predictor, torch_logits_fn
-
     model.eval()
-    windows = WindowSettings(cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length)
-    predictor = WindowPredictor(tokenizer, torch_logits_fn(model, device), windows, pad_token_id(tokenizer), 64)
+    predictor = WindowPredictor(tokenizer, torch_logits_fn(model, device), cfg.windows, pad_token_id(tokenizer), 64)
     result = evaluate_predictor(predictor, dev)
     return {
         "korquad_f1": result["korquad"]["f1"],

@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 
 from app.engine.bundle import RuntimeName
-from app.engine.windows import Window, encode_pairs, make_windows, pad_batch, pad_token_id
+from app.engine.runtime import open_runtime
+from app.engine.windows import PairTokenizer, Window, WindowSpec, encode_windows, pad_batch, pad_token_id
+from model_export.checkpoint import load_tokenizer
+from model_export.export import load_qa_model
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +57,10 @@ SAMPLE_PAIRS: list[tuple[str, str]] = [
 
 
 def validation_windows(
-    tokenizer: object,
-    pairs: Sequence[tuple[str, str]],
-    max_seq_length: int,
-    doc_stride: int,
-    max_query_length: int,
-    limit: int = 48,
+    tokenizer: PairTokenizer, pairs: Sequence[tuple[str, str]], spec: WindowSpec, limit: int = 48
 ) -> list[Window]:
     """Windows exactly as serving makes them (app.engine.windows), at most `limit`."""
-    windows: list[Window] = []
-    for pair in encode_pairs(tokenizer, list(pairs)):  # type: ignore[arg-type]
-        windows += make_windows(pair, max_seq_length, doc_stride, max_query_length)
-    return windows[:limit]
+    return [w for ws in encode_windows(tokenizer, pairs, spec) for w in ws][:limit]
 
 
 def batch_groups(windows: list[Window]) -> list[list[int]]:
@@ -106,9 +101,7 @@ def torch_outputs(
     model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Reference logits from the PyTorch checkpoint (a loaded model or its directory; fp32, eval mode)."""
-    import torch
-
-    from model_export.export import load_qa_model
+    import torch  # noqa: PLC0415 - torch: export extra, seconds to import
 
     if isinstance(model, str | Path):
         model = load_qa_model(model)
@@ -123,7 +116,7 @@ def torch_outputs(
 
 def check_structure(path: Path, input_names: list[str], output_names: list[str]) -> dict[str, object]:
     """Names, dtypes and symbolic batch/sequence axes of the graph's inputs and outputs."""
-    import onnx
+    import onnx  # noqa: PLC0415 - export extra
 
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
@@ -183,8 +176,6 @@ def run_onnx(
     runtime: RuntimeName = "onnxruntime",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The file's logits on `batches`, run on the CPU by the runtime the service will serve it with."""
-    from app.engine.runtime import open_runtime
-
     # one thread: deterministic and polite to a machine that may be training
     runner = open_runtime(path, input_names, output_names, runtime, providers="cpu", threads=1)
     return [runner.run(b) for b in batches]
@@ -241,9 +232,7 @@ def validate(
     onnx_files: dict[str, Path],
     input_names: list[str],
     output_names: list[str],
-    max_seq_length: int,
-    doc_stride: int,
-    max_query_length: int,
+    spec: WindowSpec,
     pairs: Sequence[tuple[str, str]] | None = None,
     tolerances: dict[str, Tolerance] | None = None,
     tokenizer: Any = None,
@@ -253,11 +242,9 @@ def validate(
 
     `tokenizer` is the `tokenizers.Tokenizer` the bundle will ship; default: the checkpoint's tokenizer.json.
     """
-    from model_export.train import load_tokenizer
-
     if tokenizer is None:
         tokenizer = load_tokenizer(str(model))
-    windows = validation_windows(tokenizer, list(pairs or SAMPLE_PAIRS), max_seq_length, doc_stride, max_query_length)
+    windows = validation_windows(tokenizer, list(pairs or SAMPLE_PAIRS), spec)
     batches, decoded = validation_batches(windows, pad_token_id(tokenizer))
     reference = torch_outputs(model, batches, input_names)
     tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}

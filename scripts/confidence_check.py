@@ -19,18 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.calibrate import (
-    calibration_questions,
-    checkpoint_logits,
-    ece,
-    fit_platt,
-    load_logits,
-    outcomes,
-    top_share,
-    windows_for,
-)
+from app.engine.windows import encode_windows
+from model_export.calibrate import ece, fit_platt, outcomes, top_share
+from model_export.checkpoint import load_tokenizer
 from model_export.config import add_window_flags, window_flags
-from model_export.train import load_tokenizer
+from model_export.held_out import calibration_questions, checkpoint_logits, load_logits, pairs_of
 
 
 def _mean(x: np.ndarray) -> str:
@@ -50,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
     questions = calibration_questions(args.data, args.articles)
     w = window_flags(args)
-    windows = windows_for(load_tokenizer(args.tokenizer), questions, w)
+    windows = encode_windows(load_tokenizer(args.tokenizer), pairs_of(questions), w)
     for model in map(Path, args.models):
         if model.is_dir():
             logits = checkpoint_logits(model, questions, w)

@@ -29,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from model_export.calibrate import checkpoint_logits, write_dev_logits
-from model_export.config import BuildConfig, load_build_config
+from model_export.config import BuildConfig, TrainConfig, load_build_config
 from model_export.data import load_examples
+from model_export.held_out import checkpoint_logits, write_dev_logits
 from model_export.sweep import best_trial, run_sweep, trial_config
 
 log = logging.getLogger("gpu_train")
@@ -118,10 +118,7 @@ def sweep_and_dev_logits(
     best = best_trial(results)
     log.info("best trial %s after %.0f s", best["name"], time.monotonic() - t0)
 
-    from model_export.evaluate import WindowSettings
-
-    fit_dev = json.loads(Path(best["dir"], "training.json").read_text())["config"]
-    windows = WindowSettings(fit_dev["max_seq_length"], fit_dev["doc_stride"], fit_dev["max_query_length"])
+    windows = TrainConfig.from_record(json.loads(Path(best["dir"], "training.json").read_text())["config"]).windows
     dev = load_examples(args.data, best["dev_articles"])
     write_dev_logits(lambda exs: checkpoint_logits(Path(best["dir"]), exs, windows), dev, out / "dev_logits.npz")
     log.info("dev logits written after %.0f s", time.monotonic() - t0)
@@ -131,7 +128,8 @@ def sweep_and_dev_logits(
 def fold_logits(cfg: BuildConfig, args: argparse.Namespace, out: Path, work: Path, t0: float) -> None:
     """The build's out-of-fold calibration models, trained here; only their logits go back. They are the PyTorch
     checkpoints' (this host has no exporter or OpenVINO): the build uses them with calibrate.logits = 'checkpoint'."""
-    from model_export.pipeline import fold_splits, held_out_logits
+    from model_export.build import held_out_logits
+    from model_export.config import fold_splits
 
     cfg = cfg.model_copy(update={"calibrate": cfg.calibrate.model_copy(update={"logits": "checkpoint"})})
     training = load_examples(args.data, cfg.data.train_articles)

@@ -1,25 +1,34 @@
-"""`python -m model_export bundle MODEL --out DIR` on a tiny checkpoint of each architecture, then the real service."""
+"""`python -m model_export bundle MODEL --out DIR` on a tiny checkpoint of each architecture, then the real service.
+
+The command runs in this process (its `main`); each architecture's checkpoint and bundle are made once per module.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 from fastapi.testclient import TestClient
+from transformers import ErnieConfig, ErnieForQuestionAnswering
 
-from app.engine.bundle import read_manifest, verify_bundle
+from app.engine.bundle import BundleError, verify_bundle
 from app.engine.spans import calibrated
 from app.main import create_app
 from app.settings import Settings
 from model_export import evaluate
 from model_export.__main__ import main
 from model_export.bundle import rewrite_manifest
-from model_export.data import load_squad
+from model_export.data import load_examples, load_squad
 from tests.integration.test_service import wait_ready
+from tests.integration.test_uvicorn import call, free_port, start
+from tests.integration.test_uvicorn import wait_ready as wait_server_ready
 from tests.support.tiny_archs import ARCHS, build_checkpoint
 from tests.support.tiny_model import KORQUAD_DEV
 
@@ -54,12 +63,39 @@ def bundle(ckpt: Path, out: Path, *extra: str) -> int:
     return main(["bundle", str(ckpt), "--out", str(out), *WINDOW_FLAGS, "--offline", *extra])
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_bundle_command_makes_a_bundle_the_service_serves(arch: str, tmp_path: Path) -> None:
-    ckpt = build_checkpoint(arch, tmp_path / "ckpt")
-    out = tmp_path / "bundle"
-    assert bundle(ckpt, out, "--languages", "ko", "en") == 0
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """A tiny random QA checkpoint of an architecture, made once per module (read it; copy it to change it)."""
+    made: dict[str, Path] = {}
 
+    def get(arch: str) -> Path:
+        if arch not in made:
+            made[arch] = build_checkpoint(arch, tmp_path_factory.mktemp(arch) / "ckpt")
+        return made[arch]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def bundled(checkpoint: Callable[[str], Path]) -> Callable[[str], Path]:
+    """An architecture's checkpoint bundled by the command with its defaults (all three variants), once."""
+    made: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in made:
+            out = checkpoint(arch).parent / "bundle"
+            assert bundle(checkpoint(arch), out, "--languages", "ko", "en") == 0
+            made[arch] = out
+        return made[arch]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bundle_command_makes_a_bundle_the_service_serves(
+    arch: str, checkpoint: Callable[[str], Path], bundled: Callable[[str], Path]
+) -> None:
+    ckpt, out = checkpoint(arch), bundled(arch)
     m = verify_bundle(out)
     assert m.variants == {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
     assert m.input_names == EXPECTED_INPUTS[arch], "input names come from the exported graph"
@@ -107,8 +143,8 @@ def test_bundle_command_makes_a_bundle_the_service_serves(arch: str, tmp_path: P
                         assert (answers[0]["start"], answers[0]["end"]) == (ref[0].start, ref[0].end)
 
 
-def test_bundle_scores_with_eval_data(tmp_path: Path) -> None:
-    ckpt = build_checkpoint("xlm-roberta", tmp_path / "ckpt")
+def test_bundle_scores_with_eval_data(checkpoint: Callable[[str], Path], tmp_path: Path) -> None:
+    ckpt = checkpoint("xlm-roberta")
     out = tmp_path / "bundle"
     flags = ["--variants", "fp32", "int8", "--eval-data", str(KORQUAD_DEV), "--eval-articles", "0:1"]
     assert bundle(ckpt, out, *flags, "--eval-max-examples", "4", "--threads", "1") == 0
@@ -119,12 +155,10 @@ def test_bundle_scores_with_eval_data(tmp_path: Path) -> None:
     assert len(predictions) == 4
 
 
-def test_bundle_calibrates_on_held_out_questions(tmp_path: Path) -> None:
+def test_bundle_calibrates_on_held_out_questions(checkpoint: Callable[[str], Path], tmp_path: Path) -> None:
     """--calibrate-data fits the score map and the null threshold through the served file and records them in
     the manifest, which still verifies (no file changed); the service then applies them."""
-    from model_export.data import load_examples
-
-    ckpt = build_checkpoint("bert", tmp_path / "ckpt")
+    ckpt = checkpoint("bert")
     out = tmp_path / "bundle"
     flags = ["--variants", "int8", "--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "0:2"]
     assert bundle(ckpt, out, *flags, "--calibrate-metric", "squad", "--threads", "1") == 0
@@ -174,9 +208,13 @@ def test_bundle_calibrates_on_held_out_questions(tmp_path: Path) -> None:
     ],
 )
 def test_calibration_flags_that_cannot_work_are_refused_before_the_export(
-    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    flags: list[str],
+    message: str,
+    checkpoint: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    ckpt = build_checkpoint("bert", tmp_path / "ckpt")
+    ckpt = checkpoint("bert")
     assert bundle(ckpt, tmp_path / "bundle", "--variants", "fp32", *flags) == 2
     err = capsys.readouterr().err
     assert err.startswith("bundle: invalid flags:") and message in err, err
@@ -196,9 +234,6 @@ def test_checkpoint_without_qa_head_is_refused(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_unsupported_model_type_lists_the_supported_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import torch
-    from transformers import ErnieConfig, ErnieForQuestionAnswering
-
     torch.manual_seed(0)
     cfg = ErnieConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     ErnieForQuestionAnswering(cfg).save_pretrained(tmp_path / "ckpt")
@@ -208,8 +243,10 @@ def test_unsupported_model_type_lists_the_supported_ones(tmp_path: Path, capsys:
     assert "bert" in err and "xlm-roberta" in err and "deberta-v2" in err and "distilbert" in err
 
 
-def test_tokenizer_without_a_fast_version_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ckpt = build_checkpoint("bert", tmp_path / "ckpt")
+def test_tokenizer_without_a_fast_version_is_refused(
+    checkpoint: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = Path(shutil.copytree(checkpoint("bert"), tmp_path / "ckpt"))
     for f in ckpt.iterdir():
         if f.name not in ("config.json", "model.safetensors"):
             f.unlink()
@@ -222,8 +259,10 @@ def test_tokenizer_without_a_fast_version_is_refused(tmp_path: Path, capsys: pyt
     assert "CTRLTokenizer has no fast (Rust) version" in err and "character offsets" in err
 
 
-def test_missing_tokenizer_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ckpt = build_checkpoint("electra", tmp_path / "ckpt")
+def test_missing_tokenizer_is_refused(
+    checkpoint: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = Path(shutil.copytree(checkpoint("electra"), tmp_path / "ckpt"))
     for f in ckpt.iterdir():
         if f.name not in ("config.json", "model.safetensors"):
             f.unlink()
@@ -231,8 +270,10 @@ def test_missing_tokenizer_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "cannot load its tokenizer" in capsys.readouterr().err
 
 
-def test_validation_failure_exits_non_zero_with_the_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ckpt = build_checkpoint("distilbert", tmp_path / "ckpt")
+def test_validation_failure_exits_non_zero_with_the_numbers(
+    checkpoint: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = checkpoint("distilbert")
     tight = json.dumps({"int8": {"atol": 1e-6}})
     assert bundle(ckpt, tmp_path / "bundle", "--tolerances", tight) == 1
     err = capsys.readouterr().err
@@ -246,49 +287,25 @@ def test_bad_variant_flag_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "int4" in capsys.readouterr().err
 
 
-def test_tampered_bundle_from_the_command_is_refused_by_the_service(tmp_path: Path) -> None:
-    ckpt = build_checkpoint("roberta", tmp_path / "ckpt")
-    out = tmp_path / "bundle"
-    assert bundle(ckpt, out, "--variants", "fp32") == 0
+def test_tampered_bundle_from_the_command_is_refused_by_the_service(
+    bundled: Callable[[str], Path], tmp_path: Path
+) -> None:
+    out = bundled("roberta")
     copy = Path(shutil.copytree(out, tmp_path / "copy"))
     data = bytearray((copy / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / "model.onnx").write_bytes(bytes(data))
-    from app.engine.bundle import BundleError
-
     with pytest.raises(BundleError, match="sha256"):
-        create_app(Settings(model_dir=copy, intra_op_threads=1))
-    assert read_manifest(out).variants == {"fp32": "model.onnx"}
+        create_app(Settings(model_dir=copy, intra_op_threads=1, model_variant="fp32"))
+    verify_bundle(out)  # the command's own bundle is untouched
 
 
 @pytest.mark.slow
-def test_one_command_then_serve_xlm_r_over_http(tmp_path: Path) -> None:
-    """As a user runs it: `python -m model_export bundle` in a process, then `python -m app` on its output.
-
-    XLM-R's graph takes no token_type_ids, so this also checks that warmup and batches feed only what it declares.
-    """
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from tests.integration.test_uvicorn import REPO, call, free_port, start
-    from tests.integration.test_uvicorn import wait_ready as wait_server_ready
-
-    ckpt = build_checkpoint("xlm-roberta", tmp_path / "ckpt")
-    out = tmp_path / "bundle"
-    r = subprocess.run(
-        [sys.executable, "-m", "model_export", "bundle", str(ckpt), "--out", str(out), *WINDOW_FLAGS, "--offline"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip() == str(out)
-
+def test_the_command_s_bundle_served_by_xlm_r_over_http(bundled: Callable[[str], Path]) -> None:
+    """As a user runs it: `python -m model_export bundle` (here its `main`), then `python -m app` in a process on its
+    output. XLM-R's graph takes no token_type_ids, so this also checks that warmup and batches feed only what it
+    declares."""
+    out = bundled("xlm-roberta")
     port = free_port()
     proc = start({"QA_MODEL_DIR": str(out), "QA_PORT": str(port)})
     base = f"http://127.0.0.1:{port}"
@@ -304,4 +321,4 @@ def test_one_command_then_serve_xlm_r_over_http(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         log = proc.communicate(timeout=30)[0].decode()
-    assert "ready on CPUExecutionProvider" in log, log[-2000:]
+    assert "loaded on CPUExecutionProvider" in log, log[-2000:]

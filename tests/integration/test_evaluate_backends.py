@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.engine.bundle import read_manifest
+from app.engine.bundle import BundleError, read_manifest
 from model_export import evaluate
 from model_export.data import load_squad
 from tests.support.tiny_model import KORQUAD_DEV
@@ -60,5 +60,5 @@ def test_bundle_with_a_tampered_file_is_refused(tiny_bundle: Path, tmp_path: Pat
     for f in tiny_bundle.iterdir():
         copy.joinpath(f.name).write_bytes(f.read_bytes())
     copy.joinpath("tokenizer.json").write_bytes(tiny_bundle.joinpath("tokenizer.json").read_bytes() + b" ")
-    with pytest.raises(evaluate.BundleError, match=r"tokenizer\.json"):
+    with pytest.raises(BundleError, match=r"tokenizer\.json"):
         evaluate.open_predictor(str(copy), variant="fp32", threads=1)

@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 
 from app.engine.bundle import BundleError, read_manifest, verify_bundle
-from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id
+from app.engine.windows import WindowSpec, encode_pairs, make_windows, pad_batch, pad_token_id
 from model_export.bundle import BundleTooLarge, write_bundle
+from model_export.checkpoint import load_tokenizer
 from model_export.export import export_all
-from model_export.train import load_tokenizer
 from model_export.validate import (
     SAMPLE_PAIRS,
     Tolerance,
@@ -95,7 +95,7 @@ def test_padding_does_not_change_real_token_logits(tiny_bundle: Path) -> None:
     tok = load_tokenizer(str(tiny_bundle))
     pair = encode_pairs(tok, [SAMPLE_PAIRS[0]])[0]
     short = make_windows(pair, 128, 32, 32)[0]
-    long = validation_windows(tok, [SAMPLE_PAIRS[3]], 128, 32, 32)[0]
+    long = validation_windows(tok, [SAMPLE_PAIRS[3]], WindowSpec(128, 32, 32))[0]
     assert len(long) > len(short)
     session = ort.InferenceSession(str(tiny_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     alone = session.run(OUTPUTS, pad_batch([short], pad_token_id(tok)))
@@ -115,7 +115,7 @@ def test_fp16_variant_keeps_io_types(tiny_bundle: Path, tmp_path: Path) -> None:
 
 def test_validation_fails_loudly_with_numbers(tiny_bundle: Path) -> None:
     tok = load_tokenizer(str(tiny_bundle))
-    batches, _ = validation_batches(validation_windows(tok, SAMPLE_PAIRS, 128, 32, 32), pad_token_id(tok))
+    batches, _ = validation_batches(validation_windows(tok, SAMPLE_PAIRS, WindowSpec(128, 32, 32)), pad_token_id(tok))
     session = ort.InferenceSession(str(tiny_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     # a reference that is off by 0.01 everywhere stands in for a graph that drifted from the model
     wrong = [tuple(x + 0.01 for x in session.run(OUTPUTS, b)) for b in batches]

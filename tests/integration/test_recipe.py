@@ -1,21 +1,31 @@
-"""The training recipe's levers on a tiny model: negatives, layer-wise lr decay, distillation, the dev-slice sweep."""
+"""The training recipe's levers on a tiny model: negatives, layer-wise lr decay, the dev-slice sweep, and the
+build's calibration models."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from transformers import AutoModelForQuestionAnswering
 
-import model_export.train
-from model_export.config import load_build_config
+import model_export.build
+from app.engine.bundle import read_manifest
+from app.engine.windows import WindowSpec
+from model_export.build import calibrate_stage, prune_stage
+from model_export.calibrate import fit_from_logits, measure_bundle
+from model_export.checkpoint import load_tokenizer
+from model_export.config import ConfigError, TrainConfig, load_build_config
 from model_export.data import cross_article_pairs, load_examples, negative_examples
+from model_export.held_out import ServedBundle, checkpoint_logits, load_logits, write_dev_logits
 from model_export.sweep import best_trial, results_table, run_sweep
-from model_export.train import TrainConfig, distill_loss, param_groups
+from model_export.train import param_groups
+from scripts.confidence_check import main as confidence_check
+from tests.support.tiny_archs import build_checkpoint
 from tests.support.tiny_model import KORQUAD_DEV
 
 pytestmark = pytest.mark.skipif(not KORQUAD_DEV.is_file(), reason="KorQuAD dev set not found")
@@ -39,8 +49,6 @@ def test_negatives_never_hold_their_answer_and_come_from_the_split():
 
 
 def test_layer_decay_scales_lr_toward_the_input_and_embeddings_get_no_decay(tiny_bundle: Path):
-    from transformers import AutoModelForQuestionAnswering
-
     model = AutoModelForQuestionAnswering.from_pretrained(tiny_bundle.parent / "hf")
     cfg = TrainConfig("", "", "", learning_rate=1e-3, layer_decay=0.5, freeze_word_embeddings=False)
     groups = param_groups(model, cfg)
@@ -56,60 +64,52 @@ def test_layer_decay_scales_lr_toward_the_input_and_embeddings_get_no_decay(tiny
     assert wd_of[id(named[emb])] == 0.0 and wd_of[id(named[last])] == cfg.weight_decay
 
 
-def test_distill_loss_is_zero_against_itself_and_positive_against_another(tiny_bundle: Path):
-    from transformers import AutoModelForQuestionAnswering
-
-    a = AutoModelForQuestionAnswering.from_pretrained(tiny_bundle.parent / "hf").eval()
-    b = AutoModelForQuestionAnswering.from_pretrained(tiny_bundle.parent / "hf").eval()
-    with torch.no_grad():
-        b.qa_outputs.weight.add_(torch.randn_like(b.qa_outputs.weight))  # another QA head
-    ids = torch.randint(5, 100, (2, 24))
-    mask = torch.ones_like(ids)
-    mask[1, 16:] = 0
-    inputs = {"input_ids": ids, "attention_mask": mask}
-    with torch.no_grad():
-        out = a(**inputs)
-    assert float(distill_loss(out, [a], inputs, 2.0)) == pytest.approx(0.0, abs=1e-6)
-    assert float(distill_loss(out, [b], inputs, 2.0)) > 1e-4
-
-
-def test_sweep_scores_every_trial_on_the_dev_slice_and_distills(tiny_bundle: Path, tmp_path: Path):
+def test_sweep_scores_every_trial_on_the_dev_slice(tiny_bundle: Path, tmp_path: Path):
     trials = tmp_path / "trials.toml"
     common = "max_steps = 2, max_examples = 12, batch_size = 8, epochs = 1"
     trials.write_text(
         'fit_articles = "0:2"\ndev_articles = "100:101"\n'
         f'[[trial]]\nname = "T1: a"\ntrain = {{ {common}, seed = 1, negatives = 0.5 }}\n'
         f'[[trial]]\nname = "T2: b"\ntrain = {{ {common}, seed = 2 }}\n'
-        '[[trial]]\nname = "E: both"\nensemble = ["T1", "T2"]\n'
-        f'[[trial]]\nname = "S: student"\ntrain = {{ {common}, teachers = ["T1", "T2"], distill_alpha = 0.5 }}\n'
     )
     cfg = load_build_config(TINY_CONFIG, [f'data.file="{KORQUAD_DEV}"'])
     results = run_sweep(cfg, str(tiny_bundle.parent / "hf"), trials, tmp_path / "sweep")
-    assert [r["name"] for r in results] == ["T1: a", "T2: b", "E: both", "S: student"]
+    assert [r["name"] for r in results] == ["T1: a", "T2: b"]
     for r in results:
         assert 0 <= r["final"]["korquad_f1"] <= 100
-    record = json.loads((tmp_path / "sweep" / "S" / "final" / "training.json").read_text())
-    assert record["config"]["teachers"] == [str(tmp_path / "sweep" / n / "final") for n in ("T1", "T2")]
-    assert record["config"]["eval_articles"] == "100:101" and record["dev"]
+    record = json.loads((tmp_path / "sweep" / "T1" / "final" / "training.json").read_text())
+    assert record["config"]["eval_articles"] == "100:101" and record["config"]["negatives"] == 0.5 and record["dev"]
     assert (record["precision"], record["device"]) == ("fp32", "cpu")  # as resolved, next to the config's ask
-    assert best_trial(results)["name"] != "E: both"  # an ensemble is a measurement, not a recipe
-    assert "| S: student |" in results_table(results)
+    assert best_trial(results)["name"] in ("T1: a", "T2: b")
+    assert "| T2: b |" in results_table(results)
     lines = (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 4 and np.isfinite(json.loads(lines[0])["final"]["korquad_f1"])
+    assert len(lines) == 2 and np.isfinite(json.loads(lines[0])["final"]["korquad_f1"])
+
+
+@pytest.mark.parametrize(
+    ("trial", "bad"),
+    [
+        ('name = "E3"\nensemble = ["T1", "T2"]', "['ensemble']"),  # a mean of trials: measured, removed
+        ('name = "S"\ntrain = { teachers = ["T1"], distill_alpha = 0.5 }', "['train.teachers', 'train.distill_alpha']"),
+        ('name = "T"\ntrain = { learnig_rate = 0.1 }', "['train.learnig_rate']"),
+    ],
+)
+def test_a_trial_the_sweep_cannot_run_is_refused_before_any_training(trial: str, bad: str, tmp_path: Path) -> None:
+    trials = tmp_path / "trials.toml"
+    trials.write_text(f'fit_articles = "0:2"\ndev_articles = "100:101"\n[[trial]]\nname = "ok"\n[[trial]]\n{trial}\n')
+    cfg = load_build_config(TINY_CONFIG, [f'data.file="{KORQUAD_DEV}"'])
+    with pytest.raises(ConfigError, match=re.escape(f"unknown keys {bad}")):
+        run_sweep(cfg, "no-base-needed", trials, tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
     """The build's calibrate path end to end on the tiny model: dev logits -> fit -> a bundle's test figures."""
-    from app.engine.bundle import read_manifest
-    from model_export.calibrate import checkpoint_logits, fit_from_logits, measure_bundle, write_dev_logits
-    from model_export.evaluate import WindowSettings
-    from model_export.train import load_tokenizer
-
     hf = tiny_bundle.parent / "hf"
     m = read_manifest(tiny_bundle)
-    w = WindowSettings(m.max_seq_length, m.doc_stride, m.max_query_length)
+    w = WindowSpec(m.max_seq_length, m.doc_stride, m.max_query_length)
     dev = load_examples(str(KORQUAD_DEV), "100:102")
     logits = write_dev_logits(lambda exs: checkpoint_logits(hf, exs, w), dev, tmp_path / "dev_logits.npz")
     record, own = fit_from_logits([(logits, "100:102")], str(KORQUAD_DEV), load_tokenizer(str(hf)), w, ())
@@ -135,8 +135,6 @@ def test_calibration_from_a_checkpoint_and_measured_on_a_bundle(
     assert json.loads((tmp_path / "test" / "calibration_test.json").read_text())["ece_before"] >= 0
 
     # the model card's confidence check: the saved logits and the checkpoint they came from read the same
-    from scripts.confidence_check import main as confidence_check
-
     capsys.readouterr()
     argv = ["--data", str(KORQUAD_DEV), "--articles", "100:102", "--tokenizer", str(hf), "--max-seq-length"]
     argv += [str(w.max_seq_length), "--doc-stride", str(w.doc_stride), "--max-query-length", str(w.max_query_length)]
@@ -151,11 +149,6 @@ def test_out_of_fold_calibration_scores_every_training_question_with_a_model_tha
 ):
     """calibrate.folds = 3: three fold models, each trained without one block of articles, made into the file the
     build ships, and run on that block through it."""
-    from app.engine.bundle import read_manifest
-    from model_export.calibrate import ServedBundle, fit_from_logits, load_logits
-    from model_export.pipeline import calibrate_stage
-    from model_export.train import load_tokenizer
-
     hf = tiny_bundle.parent / "hf"
     cfg = load_build_config(
         TINY_CONFIG,
@@ -197,13 +190,13 @@ def test_out_of_fold_calibration_scores_every_training_question_with_a_model_tha
     def no_training(_cfg: object) -> Path:
         raise AssertionError("a rerun trained again")
 
-    monkeypatch.setattr(model_export.train, "train", no_training)
+    monkeypatch.setattr(model_export.build, "train", no_training)
     assert calibrate_stage(cfg, hf, hf, ()) == record
     # calibrate.margin: the same reused logits, the null margin's weight fitted as well
     with_margin = cfg.model_copy(update={"calibrate": cfg.calibrate.model_copy(update={"margin": True})})
     folds = tmp_path / "work" / "calibrate"
     parts = [(folds / f"fold-{i}-of-3" / "served_logits.npz", a) for i, a in enumerate(("0:2", "2:4", "4:6"), 1)]
-    expected, _ = fit_from_logits(parts, str(KORQUAD_DEV), load_tokenizer(str(hf)), cfg.windows, (), margin=True)
+    expected, _ = fit_from_logits(parts, str(KORQUAD_DEV), load_tokenizer(hf), cfg.windows.spec, (), margin=True)
     assert calibrate_stage(with_margin, hf, hf, ())["score_calibration"] == expected["score_calibration"]
     with pytest.raises(ValueError, match="at least two articles"):
         calibrate_stage(cfg.model_copy(update={"calibrate": cfg.calibrate.model_copy(update={"folds": 4})}), hf, hf, ())
@@ -212,10 +205,6 @@ def test_out_of_fold_calibration_scores_every_training_question_with_a_model_tha
 def test_served_calibration_models_share_the_shipped_vocabulary(tmp_path: Path) -> None:
     """With pruning on, each calibration model is pruned to the shipped model's vocabulary, so the logits of its
     served file line up with the windows the shipped tokenizer cuts; a fold's own vocabulary would not."""
-    from app.engine.bundle import read_manifest
-    from model_export.pipeline import calibrate_stage, prune_stage
-    from tests.support.tiny_archs import build_checkpoint
-
     base = build_checkpoint("xlm-roberta", tmp_path / "base", head=False)
     cfg = load_build_config(
         TINY_CONFIG,

@@ -59,13 +59,11 @@ def make_marker_model(tiny_hf_dir: Path, out_dir: Path, marker: str = MARKER) ->
 
 def build_marker_bundle(work: Path, tiny_hf_dir: Path, int8_method: str = "dynamic") -> Path:
     """`int8_method` "static" gives a QDQ int8 file that the service runs on OpenVINO."""
+    from model_export.bundle_checkpoint import BundleOptions, bundle_checkpoint
     from model_export.config import ExportSection
-    from model_export.pipeline import bundle_checkpoint
 
     hf = make_marker_model(tiny_hf_dir, work / "marker-hf")
-    return bundle_checkpoint(
-        hf,
-        work / "marker-bundle",
+    options = BundleOptions(
         work_dir=work / "marker-work",
         export=ExportSection(int8_method=int8_method),  # type: ignore[arg-type]
         variants=("fp32", "int8"),
@@ -78,3 +76,4 @@ def build_marker_bundle(work: Path, tiny_hf_dir: Path, int8_method: str = "dynam
         local_files_only=True,
         command="tests/support/marker_model.py build_marker_bundle",
     )
+    return bundle_checkpoint(hf, work / "marker-bundle", options)

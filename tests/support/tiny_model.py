@@ -89,13 +89,11 @@ def build_tiny_bundle(out_dir: Path, hf_dir: Path | None = None) -> Path:
 
     Layout others rely on: out_dir/hf (the checkpoint), out_dir/onnx (export work files), out_dir/bundle.
     """
-    from model_export.pipeline import bundle_checkpoint
+    from model_export.bundle_checkpoint import BundleOptions, bundle_checkpoint
 
     out_dir = Path(out_dir)
     hf = hf_dir if hf_dir is not None else build_tiny_hf_model(out_dir / "hf")
-    return bundle_checkpoint(
-        hf,
-        out_dir / "bundle",
+    options = BundleOptions(
         work_dir=out_dir,
         variants=("fp32", "int8"),
         windows={"max_seq_length": MAX_SEQ_LENGTH, "doc_stride": DOC_STRIDE, "max_query_length": MAX_QUERY_LENGTH},
@@ -107,6 +105,7 @@ def build_tiny_bundle(out_dir: Path, hf_dir: Path | None = None) -> Path:
         local_files_only=True,
         command="tests/support/tiny_model.py build_tiny_bundle",
     )
+    return bundle_checkpoint(hf, out_dir / "bundle", options)
 
 
 if __name__ == "__main__":

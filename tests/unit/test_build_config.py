@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from model_export.config import BuildConfig, ConfigError, apply_overrides, load_build_config, parse_build_config
-from model_export.pipeline import check_splits
+from model_export.__main__ import main
+from model_export.config import (
+    BuildConfig,
+    ConfigError,
+    apply_overrides,
+    check_splits,
+    load_build_config,
+    parse_build_config,
+)
 from tests.support.tiny_model import KORQUAD_DEV
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -129,8 +136,6 @@ def test_the_shipped_configs_keep_the_test_split_apart(name: str) -> None:
 def test_build_command_refuses_a_missing_config_or_a_spoiled_split_with_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from model_export.__main__ import main
-
     assert main(["build", str(tmp_path / "missing.toml")]) == 2
     assert "missing.toml: cannot read it: No such file or directory" in capsys.readouterr().err
     overrides = ["--set", f'data.file="{KORQUAD_DEV}"', "--set", 'data.test_articles="0:5"']

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,10 +12,12 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from app.engine.spans import calibrated, sigmoid
+from app.engine.windows import WindowSpec, encode_windows
+from model_export import held_out
+from model_export.__main__ import main
 from model_export.calibrate import (
     Outcome,
     auroc,
-    calibration_questions,
     cross_fitted,
     ece,
     ece_floor,
@@ -27,7 +28,6 @@ from model_export.calibrate import (
     outcomes,
     top_score,
     top_share,
-    windows_for,
 )
 from model_export.data import Example
 from model_export.metrics import Metric
@@ -77,7 +77,8 @@ def test_cross_fitted_scores_each_part_with_a_map_fitted_on_the_others():
     assert alike["ece"] < alike["ece_floor"]["p90"] * 1.5 < unlike["ece"]
     assert alike["log_loss"] < unlike["log_loss"]
     pooled = [o for p in ([part(-1.5), part(0.5), part(2.5)]) for o in p]
-    in_sample = np.array([top_score(o, fit_platt(pooled)) for o in pooled])
+    pooled_map = fit_platt(pooled)
+    in_sample = np.array([top_score(o, pooled_map) for o in pooled])
     assert ece(in_sample, np.array([o.exact for o in pooled])) < unlike["ece"]
 
 
@@ -170,8 +171,6 @@ def test_null_threshold_sits_between_separable_sets_and_measures_follow():
 
 def test_dev_logits_appear_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The build reuses a dev_logits.npz it finds; a write cut short must leave none behind."""
-    import model_export.calibrate as cal
-
     examples = [Example(f"q{i}", f"article {i}", "질문?", f"문단 {i}. 하나.", (("하나", 6),)) for i in range(3)]
 
     def logits_of(ex: list[Example]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
@@ -186,13 +185,13 @@ def test_dev_logits_appear_whole_or_not_at_all(tmp_path: Path, monkeypatch: pyte
             raise KeyboardInterrupt  # what the end of a sitting looks like
         real_savez(file, **arrays)
 
-    monkeypatch.setattr(cal.np, "savez", cut_short)
+    monkeypatch.setattr(held_out.np, "savez", cut_short)
     with pytest.raises(KeyboardInterrupt):
-        cal.write_dev_logits(logits_of, examples, path)
+        held_out.write_dev_logits(logits_of, examples, path)
     assert not path.exists()
 
-    monkeypatch.setattr(cal.np, "savez", real_savez)
-    assert cal.write_dev_logits(logits_of, examples, path) == path
+    monkeypatch.setattr(held_out.np, "savez", real_savez)
+    assert held_out.write_dev_logits(logits_of, examples, path) == path
     with np.load(path) as z:
         assert [str(i) for i in z["own/ids"]] == ["q0", "q1", "q2"] and len(z["cross/ids"]) == 3
     assert sorted(p.name for p in path.parent.iterdir()) == ["dev_logits.npz"]  # no parts left behind
@@ -206,7 +205,7 @@ def test_calibration_runs_only_answerable_questions(tmp_path: Path) -> None:
     ]
     data = {"data": [{"title": t, "paragraphs": [{"context": "x y", "qas": qas}]} for t in ("t1", "t2")]}
     (tmp_path / "v2.json").write_text(json.dumps(data), encoding="utf-8")
-    assert [e.id for e in calibration_questions(str(tmp_path / "v2.json"), "0:2")] == ["a", "a"]
+    assert [e.id for e in held_out.calibration_questions(str(tmp_path / "v2.json"), "0:2")] == ["a", "a"]
 
 
 @pytest.mark.parametrize(("metric", "right"), [("korquad", 0.0), ("squad", 1.0)])
@@ -215,8 +214,7 @@ def test_whose_exact_match_judges_the_top_answer(wordpiece: Tokenizer, metric: M
     "Eiffel Tower" is right by one and wrong by the other, and calibration fits to whichever the user chose."""
     context = "the Eiffel Tower is in Paris"
     ex = Example("q", "t", "Which tower is in Paris?", context, (("Eiffel Tower", 4),))
-    w = SimpleNamespace(max_seq_length=64, doc_stride=16, max_query_length=16)
-    [windows] = windows_for(wordpiece, [ex], w)
+    [windows] = encode_windows(wordpiece, [(ex.question, ex.context)], WindowSpec(64, 16, 16))
     [window] = windows
     start, end = np.full(len(window), -10.0, np.float32), np.full(len(window), -10.0, np.float32)
     start[next(i for i, (s, _) in enumerate(window.offsets) if s == 0 and i >= window.context_start)] = 10.0
@@ -236,8 +234,6 @@ def test_whose_exact_match_judges_the_top_answer(wordpiece: Tokenizer, metric: M
 def test_calibrate_command_reports_bad_input_in_one_line(
     data: str, articles: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from model_export.__main__ import main
-
     argv = ["calibrate", "--bundle", str(tmp_path), "--data", data, "--articles", articles, "--out", str(tmp_path)]
     assert main(argv) == 1
     err = capsys.readouterr().err

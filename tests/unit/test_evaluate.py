@@ -1,6 +1,5 @@
 """The shared local-model path (windows -> padded batches -> logits -> spans) and the service predictor."""
 
-import argparse
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,15 +9,11 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
+from app.engine.windows import WindowSpec
 from model_export import evaluate
+from model_export.__main__ import main
 from model_export.data import Example
-from model_export.evaluate import (
-    ServicePredictor,
-    Span,
-    WindowPredictor,
-    WindowSettings,
-    evaluate_predictor,
-)
+from model_export.evaluate import ServicePredictor, Span, WindowPredictor, evaluate_predictor
 
 FILLER = ["조선", "시대의", "학자들은", "여러", "책을", "펴냈다."]
 START_WORDS = ["세종대왕은", "집현전은"]
@@ -81,7 +76,7 @@ def local():
     calls = []
     # 16 tokens per window forces several windows per context, with the answer in only some of them
     predictor = WindowPredictor(
-        tok, peak_logits(tok, calls), WindowSettings(16, 4, 8), pad_id=0, batch_size=3, chunk_examples=4
+        tok, peak_logits(tok, calls), WindowSpec(16, 4, 8), pad_id=0, batch_size=3, chunk_examples=4
     )
     return examples, predictor, calls
 
@@ -217,12 +212,8 @@ def test_evaluate_cli_against_a_service(service_url, tmp_path, capsys):
     }
     path = tmp_path / "d.json"
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    parser = argparse.ArgumentParser()
-    evaluate.register_cli(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(
-        ["evaluate", "--model", service_url, "--data", str(path), "--articles", "0:2", "--out", str(tmp_path / "o")]
-    )
-    assert args.func(args) == 0
+    argv = ["evaluate", "--model", service_url, "--data", str(path), "--articles", "0:2", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     # x1: "세종대왕은" vs "세종대왕": EM 0, character F1 2*0.8*1/1.8; x2 exact
     assert printed["korquad"]["exact_match"] == 50.0

@@ -11,7 +11,7 @@ import pytest
 from app.engine.bundle import BundleError, Manifest, read_manifest
 from model_export.bundle import rewrite_manifest
 from model_export.export import ExportError
-from model_export.pipeline import calibration_fields
+from model_export.stages import calibration_fields
 
 MINIMAL = {
     "name": "m",

@@ -1,12 +1,11 @@
 """Official SQuAD v1.1 / KorQuAD 1.0 metrics, and SQuAD 2.0's unanswerable questions: hand-computed cases,
 normalization, files and the CLI."""
 
-import argparse
 import json
 
 import pytest
 
-from model_export import metrics
+from model_export.__main__ import main
 from model_export.metrics import (
     Metric,
     exact_match,
@@ -172,20 +171,14 @@ def test_score_files_all_questions_and_article_range(tmp_path):
 
 def test_cli_prints_json(tmp_path, capsys):
     data, preds = _dataset(tmp_path)
-    parser = argparse.ArgumentParser()
-    metrics.register_cli(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["score", str(data), str(preds), "--metric", "squad", "--articles", "1:2"])
-    assert args.func(args) == 0
+    assert main(["score", str(data), str(preds), "--metric", "squad", "--articles", "1:2"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"exact_match", "f1"}
     assert printed["f1"] == pytest.approx(200 / 3)
 
 
 def test_cli_reports_a_missing_file(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    metrics.register_cli(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["score", str(tmp_path / "nope.json"), str(tmp_path / "p.json"), "--metric", "korquad"])
-    assert args.func(args) == 1
+    assert main(["score", str(tmp_path / "nope.json"), str(tmp_path / "p.json"), "--metric", "korquad"]) == 1
     assert "nope.json" in capsys.readouterr().err
 
 
@@ -193,15 +186,11 @@ def test_cli_warns_when_questions_have_no_prediction(tmp_path, capsys):
     """Predictions for one split scored against the whole file: 0 for the rest, as officially, but said aloud."""
     data, preds = _dataset(tmp_path)
     preds.write_text(json.dumps({"q3": "nervous breakdown"}), encoding="utf-8")
-    parser = argparse.ArgumentParser()
-    metrics.register_cli(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["score", str(data), str(preds), "--metric", "squad"])
-    assert args.func(args) == 0
+    assert main(["score", str(data), str(preds), "--metric", "squad"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["exact_match"] == pytest.approx(100 / 3)
     assert "2 of 3 questions have no prediction and score 0" in out.err and "--articles" in out.err
-    args = parser.parse_args(["score", str(data), str(preds), "--metric", "squad", "--articles", "1:2"])
-    assert args.func(args) == 0
+    assert main(["score", str(data), str(preds), "--metric", "squad", "--articles", "1:2"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["exact_match"] == 100.0 and out.err == ""
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from app.engine.windows import WindowSpec
 from model_export.validate import compare, validation_batches, validation_windows
 
 PAIRS = [
@@ -16,7 +17,7 @@ PAIRS = [
 
 
 def test_only_cls_and_context_positions_are_compared(tokenizer: Tokenizer) -> None:
-    windows = validation_windows(tokenizer, PAIRS, 48, 16, 16)
+    windows = validation_windows(tokenizer, PAIRS, WindowSpec(48, 16, 16))
     batches, decoded = validation_batches(windows, 0)
     assert sum(len(b["input_ids"]) for b in batches) == len(windows)
     for b, mask in zip(batches, decoded, strict=True):
