@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -113,7 +113,6 @@ def bundle_checkpoint(source: str | Path, out_dir: Path, options: BundleOptions 
     exp = (opts.export or ExportSection()).model_copy(update={"variants": list(opts.variants), "bundle_variants": None})
 
     ckpt = load_checkpoint(source, work, opts.windows, opts.local_files_only)
-    # a user's checkpoint comes without training data: the validation samples calibrate int8
     files, info, report = export_and_validate(
         source,
         ckpt.model,
@@ -122,9 +121,10 @@ def bundle_checkpoint(source: str | Path, out_dir: Path, options: BundleOptions 
         opts.variants,
         exp,
         ckpt.windows,
-        SAMPLE_PAIRS,
-        None,
-        opts.tolerances,
+        # a user's checkpoint comes without training data: the validation samples calibrate int8
+        calibration_pairs=SAMPLE_PAIRS,
+        validation_pairs=None,
+        tolerances=opts.tolerances,
     )
     extra: dict[str, Any] = {
         "trim_suffixes": list(opts.trim_suffixes),
@@ -134,11 +134,32 @@ def bundle_checkpoint(source: str | Path, out_dir: Path, options: BundleOptions 
         "exporter": info.get("exporter"),
         "fused_operators": info.get("fused_operators", {}),
     }
-    write = partial(
+    write = bundle_writer(ckpt, opts, exp, files, info, report)
+    if opts.calibration is not None:
+        # fitted on a staged copy, so that a calibration that fails or is stopped leaves no uncalibrated bundle
+        staged = write(work / "staged", extra=extra)
+        extra |= calibrate_bundle(staged, opts.calibration, work / "calibrate", opts.threads)
+    bundle = write(out_dir, extra=extra)
+    if opts.evaluation is not None:
+        score_bundle(bundle, [v for v in opts.variants if v in BUNDLE_FILE_NAMES], opts.evaluation, work, opts.threads)
+    return bundle
+
+
+def bundle_writer(
+    ckpt: Checkpoint,
+    opts: BundleOptions,
+    exp: ExportSection,
+    files: dict[str, Path],
+    info: dict[str, Any],
+    report: dict[str, Any],
+) -> Callable[..., Path]:
+    """write_bundle(out_dir, extra=...) with everything else the checkpoint's bundle records filled in."""
+    source, local = ckpt.source, ckpt.local
+    return partial(
         write_bundle,
         onnx_files=files,
         tokenizer=ckpt.tokenizer_file,
-        name=opts.name or (ckpt.local.resolve().name if ckpt.local is not None else str(source).replace("/", "--")),
+        name=opts.name or (local.resolve().name if local is not None else str(source).replace("/", "--")),
         languages=list(opts.languages),
         base_model=opts.base_model or str(source),
         max_seq_length=ckpt.windows.max_seq_length,
@@ -152,14 +173,6 @@ def bundle_checkpoint(source: str | Path, out_dir: Path, options: BundleOptions 
         max_bytes=int(exp.max_bundle_mb * 2**20) if exp.max_bundle_mb else None,
         runtimes=variant_runtimes(exp),
     )
-    if opts.calibration is not None:
-        # fitted on a staged copy, so that a calibration that fails or is stopped leaves no uncalibrated bundle
-        staged = write(work / "staged", extra=extra)
-        extra |= calibrate_bundle(staged, opts.calibration, work / "calibrate", opts.threads)
-    bundle = write(out_dir, extra=extra)
-    if opts.evaluation is not None:
-        score_bundle(bundle, [v for v in opts.variants if v in BUNDLE_FILE_NAMES], opts.evaluation, work, opts.threads)
-    return bundle
 
 
 def load_checkpoint(

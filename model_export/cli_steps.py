@@ -101,13 +101,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         else:
             if not (args.logits and args.tokenizer):
                 raise SystemExit("calibrate: give --logits and --tokenizer to fit, or --bundle to measure")
-            metric = args.metric or CALIBRATION_METRIC
-            files = [Path(f) for f in args.logits]
-            windows = window_flags(args)
             result = fit_files(
-                files, args.articles, args.data, args.tokenizer, windows, args.trim_suffixes, Path(args.out),
-                args.margin, metric,
-            )  # fmt: skip
+                [Path(f) for f in args.logits],
+                args.articles,
+                args.data,
+                args.tokenizer,
+                window_flags(args),
+                args.trim_suffixes,
+                Path(args.out),
+                margin=args.margin,
+                metric=args.metric or CALIBRATION_METRIC,
+            )
     except (OSError, ValueError, KeyError, BundleError) as e:  # a missing file, a bad range, not a bundle
         print(f"calibrate: {e}", file=sys.stderr)
         return 1
