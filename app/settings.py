@@ -98,28 +98,29 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         description="A request line and headers must arrive within this long (counted from the connection's "
-        "start, or from the first byte of a later request on a kept-alive connection); else a JSON 408 and the "
-        "connection closes. Bounds slow-header (slowloris) connections; idle kept-alive ones follow keep_alive_s.",
+        "start, or from the first byte of a later request on a kept alive connection); else a JSON 408 and the "
+        "connection closes. Bounds slowloris connections (headers sent slowly); idle kept alive ones follow "
+        "keep_alive_s.",
     )
     body_timeout_s: float = Field(
         30.0,
         gt=0,
         description="A request body must arrive within this long after its headers; else a JSON 408 and the "
-        "connection closes. 30 s still takes the largest body (max_body_bytes) at 35 kB/s; slow-body "
-        "connections would otherwise stay open forever.",
+        "connection closes. 30 s still takes the largest body (max_body_bytes) at 35 kB/s; connections "
+        "sending a body slowly would otherwise stay open forever.",
     )
     max_connections: int = Field(
         512,
         ge=1,
         description="Open connections (and requests in progress) at most; a request beyond it gets a JSON 503 "
-        "over_capacity and its connection closes (uvicorn's limit_concurrency). Well below the common 1,024 "
-        "open-file limit, so the process always has files left for itself.",
+        "over_capacity and its connection closes (uvicorn's limit_concurrency). Well below the common limit "
+        "of 1,024 open files, so the process always has files left for itself.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         [],
-        description="Browser origins allowed to call the API (CORS), comma-separated or a JSON list, e.g. "
-        "https://a.example,http://localhost:3000; * allows any. Empty = no CORS headers at all (same-origin "
-        "pages, like the demo, need none).",
+        description="Browser origins allowed to call the API (CORS), separated by commas or as a JSON list, e.g. "
+        "https://a.example,http://localhost:3000; * allows any. Empty = no CORS headers at all (pages on "
+        "the service's own origin, like the demo, need none).",
     )
     demo: bool = Field(True, description="Serve the demo page at / (static files, no CDN); off = / is a 404.")
 
@@ -171,12 +172,12 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None,
         description="Bearer token required on the QA endpoints; unset = open. Probes stay open. Surrounding "
-        "whitespace (a file's newline) is stripped; an empty value stops start-up instead of matching nothing.",
+        "whitespace (a file's newline) is stripped; an empty value stops the server from starting.",
     )
     api_keys_file: Path | None = Field(
         None,
         description="File of bearer tokens, one per line (# comments); adds to api_key. Rotate by editing it. "
-        "A file with no key stops start-up.",
+        "A file with no key stops the server from starting.",
     )
     metrics_auth: bool = Field(False, description="Require the bearer token on /metrics too.")
     docs: bool = Field(
