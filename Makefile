@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test lint setup-serve setup-dev clean
+.PHONY: serve test test-fast lint browser setup-serve setup-dev clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,30 @@ setup-dev: $(VENV)/bin/activate
 	$(PY) -m pip install --quiet -e ".[cpu,export,dev]"
 	$(PY) -m pip install --quiet -e ./clients/python
 
-test: setup-dev
+# The demo page's browser tests drive Debian's chromium and chromedriver (selenium never downloads a browser).
+# As root this installs them; otherwise it stops at once with the command to run.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" -eq 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	  else \
+	    echo "make test needs Debian's chromium and chromium-driver; install them with:" >&2; \
+	    echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium chromium-driver" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+lint: setup-dev
 	$(PY) -m ruff check app model_export tests bench scripts clients
 	$(PY) -m ruff format --check app model_export tests bench scripts clients
+
+# Everything: unit, API, contract, client, and the integration tests on real ONNX models, uvicorn and Chromium.
+test: lint browser
 	$(PY) -m pytest -q
+
+# The edit loop: everything but the tests marked slow (real servers, builds, the browser), in well under a minute.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -97,13 +97,25 @@ def fit_platt(questions: Sequence[Question]) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def _padded(questions: Sequence[Question]) -> np.ndarray:
+    """Candidate logits as one matrix, best first, padded with -inf (softmax gives padding no share)."""
+    width = max((len(q.logits) for q in questions), default=0)
+    out = np.full((len(questions), max(width, 1)), -np.inf)
+    for i, q in enumerate(questions):
+        out[i, : len(q.logits)] = q.logits
+    return out
+
+
 def fit_temperature(questions: Sequence[Question]) -> float:
     """T minimising the log loss of the best span's softmax(logits / T) share (golden-section search on log T)."""
     y = smoothed(np.array([t.right for t in questions]))
+    z = _padded(questions)
+    has = np.isfinite(z[:, 0])
+    gaps = np.where(np.isfinite(z), z - np.where(has, z[:, 0], 0)[:, None], -np.inf)  # <= 0: no overflow
 
     def loss(log_t: float) -> float:
-        m = ScoreMap("temperature", (float(np.exp(log_t)),))
-        return log_loss(np.array([top_probability(m, q) for q in questions]), y)
+        top = np.where(has, 1 / np.exp(gaps / np.exp(log_t)).sum(axis=1), 0.0)
+        return log_loss(top, y)
 
     lo, hi = np.log(0.05), np.log(20.0)
     g = (np.sqrt(5) - 1) / 2

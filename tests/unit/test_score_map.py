@@ -55,9 +55,9 @@ def test_platt_keeps_its_slope_positive():
 
 
 def test_the_rule_keeps_the_raw_share_when_it_is_already_calibrated_and_maps_when_it_is_not():
-    calibrated = choose(synthetic(1500, 1.0, seed=3))
+    calibrated = choose(synthetic(800, 1.0, seed=3))
     assert calibrated["chosen"] == "identity"
-    off = choose(synthetic(1500, 0.5, seed=4))
+    off = choose(synthetic(800, 0.5, seed=4))
     assert off["chosen"] in ("temperature", "platt")
     figures = off["out_of_article"]
     assert figures[off["chosen"]]["log_loss"] < figures["identity"]["log_loss"]
