@@ -20,6 +20,7 @@ from app.api.middleware import (
 )
 from app.api.routes import build_router, install_docs
 from app.engine.interface import Engine
+from app.engine.qa import QAEngine
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -41,9 +42,6 @@ def endpoints(settings: Settings) -> list[str]:
 
 
 def default_engine(settings: Settings, metrics: Metrics) -> Engine:
-    # imported here so the HTTP layer's modules never import onnxruntime or tokenizers themselves
-    from app.engine.qa import QAEngine
-
     return QAEngine(settings.engine_config(), metrics)
 
 

@@ -4,7 +4,7 @@
 
 Each sampled test question (articles 112-139) is paired with its gold paragraph and `--distractors`
 paragraphs drawn from *other* test articles (seeded), shuffled together, and sent as one
-`read` (one question, many passages) to the real engine on the bundle. Reports how often the top
+question over many passages (as POST /read sends it) to ServedModel, the service's own engine. Reports how often the top
 answer's passage is the gold one, and how often its text is a gold answer, against the gold paragraph
 alone. Prints one JSON line.
 """
@@ -12,12 +12,15 @@ alone. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from app.engine.config import ModelConfig
+from app.engine.interface import QARequest
+from app.engine.served import ServedModel
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "korquad" / "KorQuAD_v1.0_dev.json"
 TEST_ARTICLES = range(112, 140)  # the held-out split; never tuned on
@@ -46,30 +49,18 @@ def make_cases(data: list[dict], n: int, distractors: int, seed: int) -> list[Ca
     return cases
 
 
-async def run(model_dir: Path, cases: list[Case], threads: int) -> dict[str, object]:
-    from app.engine.interface import QARequest, ReadRequest
-    from app.engine.qa import QAEngine
-    from app.settings import Settings
-
-    engine = QAEngine(Settings(model_dir=model_dir, intra_op_threads=threads))
-    await engine.start()
-    while not engine.health().ready:
-        if engine.health().detail.startswith("model load failed"):
-            raise SystemExit(engine.health().detail)
-        await asyncio.sleep(0.1)
+def run(model_dir: Path, cases: list[Case], threads: int) -> dict[str, object]:
+    model = ServedModel.open(ModelConfig(model_dir=model_dir, threads=threads))
     passage_hits = text_hits = alone_hits = windows = 0
     t0 = time.perf_counter()
-    try:
-        for case in cases:
-            result = await engine.read(ReadRequest(case.question, case.passages))
-            [alone] = await engine.answer([QARequest(case.question, case.passages[case.gold])])
-            top = result.answers[0]
-            passage_hits += top.passage == case.gold
-            text_hits += top.passage == case.gold and top.text in case.answers
-            alone_hits += bool(alone.answers) and alone.answers[0].text in case.answers
-            windows += result.windows
-    finally:
-        await engine.stop()
+    for case in cases:
+        [result] = model.answer([QARequest(case.question, case.passages)])
+        [alone] = model.answer([QARequest(case.question, (case.passages[case.gold],))])
+        top = result.answers[0]
+        passage_hits += top.passage == case.gold
+        text_hits += top.passage == case.gold and top.text in case.answers
+        alone_hits += bool(alone.answers) and alone.answers[0].text in case.answers
+        windows += sum(len(ws) for ws in model.windows([(case.question, p) for p in case.passages]))
     n = len(cases)
     return {
         "questions": n,
@@ -78,8 +69,8 @@ async def run(model_dir: Path, cases: list[Case], threads: int) -> dict[str, obj
         "top1_exact_match_among_distractors": round(text_hits / n, 4),
         "top1_exact_match_gold_alone": round(alone_hits / n, 4),
         "windows_per_question": round(windows / n, 2),
-        "model": engine.model_name,
-        "variant": engine.variant,
+        "model": model.manifest.name,
+        "variant": model.variant,
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -95,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     data = json.loads(args.data.read_text(encoding="utf-8"))["data"]
     cases = make_cases(data, args.questions, args.distractors, args.seed)
-    print(json.dumps(asyncio.run(run(args.model, cases, args.threads))))
+    print(json.dumps(run(args.model, cases, args.threads)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import logging
@@ -17,11 +16,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.engine.bundle import Score
-from app.engine.interface import QARequest
-from app.engine.qa import QAEngine
+from app.engine.config import ModelConfig
+from app.engine.hardware import cpu_quota
+from app.engine.interface import DecodeOptions, QARequest
+from app.engine.served import ServedModel
 from app.engine.spans import decode_spans
 from app.engine.windows import PairTokenizer, Window, WindowSpec, encode_windows, pad_batch, pad_token_id
-from app.settings import Settings, cpu_quota
 from model_export.checkpoint import backend_tokenizer, checkpoint_windows, load_fast_tokenizer
 from model_export.data import Example, load_examples
 from model_export.metrics import METRICS, score
@@ -213,64 +213,37 @@ def open_checkpoint(
     )
 
 
-class EnginePredictor:
-    """An ONNX bundle answered by the service's own QAEngine: its bundle check, runtime, batcher and decoding.
+class BundlePredictor:
+    """An ONNX bundle answered by ServedModel, the service's own pre (windows), core (the runtime it picks, one
+    window per call on a CPU) and post (decoding with the bundle's rules and score map): a bundle's scores come
+    from exactly the code that serves it; only the HTTP layer and the batcher are skipped."""
 
-    So a bundle's scores come from exactly the code that serves it; only the HTTP layer is skipped.
-    """
-
-    CHUNK = 256  # questions per engine call: bounds the windows in flight, not the result
+    CHUNK = 256  # questions per pass: bounds the windows held at once, not the result
 
     def __init__(self, bundle_dir: Path, variant: str, threads: int) -> None:
-        huge = 10**9  # the service's per-request limits protect a server, not an offline job
-        self.settings = Settings(
-            model_dir=bundle_dir,
-            model_variant=variant,  # type: ignore[arg-type]
-            providers="cpu",
-            intra_op_threads=threads,
-            warmup=True,  # every shape planned first (OpenVINO), so the recorded speed is the served one
-            # batches as the service makes them on this device (one window per call on a CPU): with dynamic
-            # int8, batching moves the logits, so any other choice would score a different model
-            max_batch_windows=0,
-            max_delay_ms=0.0,
-            max_batch_ms=float(huge),  # no latency budget offline
-            stall_timeout_s=float(huge),
-            max_queue_windows=huge,
-            max_windows_per_request=huge,
-            request_timeout_s=float(huge),
+        self.model = ServedModel.open(
+            ModelConfig(model_dir=bundle_dir, variant=variant, providers="cpu", threads=threads)  # type: ignore[arg-type]
         )
-        self.engine = QAEngine(self.settings)
-        self.variant = self.engine.variant
-        self.served_by = ""  # the runtime and device, known once the engine has loaded
+        # every shape planned first (OpenVINO), so the speed recorded is the served one
+        self.model.warmup()
+        self.variant = self.model.variant
+        self.served_by = str(self.model.provider)
         self.description = f"{bundle_dir} [{self.variant}]"
 
     def predict(self, pairs: Sequence[tuple[str, str]], top_k: int, max_answer_length: int) -> list[list[Span]]:
-        return asyncio.run(self._predict(pairs, top_k, max_answer_length))
-
-    async def _predict(self, pairs: Sequence[tuple[str, str]], top_k: int, max_answer_length: int) -> list[list[Span]]:
-        engine = self.engine
-        await engine.start()
-        try:
-            while not engine.health().ready:
-                health = engine.health()
-                if not health.alive:
-                    raise RuntimeError(f"{self.description}: {health.detail}")
-                await asyncio.sleep(0.01)
-            self.served_by = str(engine.model_info()["execution_provider"])
-            results: list[list[Span]] = []
-            for c in range(0, len(pairs), self.CHUNK):
-                requests = [QARequest(q, ctx, top_k, max_answer_length) for q, ctx in pairs[c : c + self.CHUNK]]
-                for r in await engine.answer(requests):
-                    results.append([Span(a.text, a.score, a.start, a.end) for a in r.answers])
-                log.info("%s: %d/%d questions", self.description, len(results), len(pairs))
-            return results
-        finally:
-            await engine.stop()
+        options = DecodeOptions(top_k=top_k, max_answer_length=max_answer_length)
+        results: list[list[Span]] = []
+        for c in range(0, len(pairs), self.CHUNK):
+            chunk = [QARequest(q, (context,), options) for q, context in pairs[c : c + self.CHUNK]]
+            for d in self.model.answer(chunk):
+                results.append([Span(a.text, a.score, a.start, a.end) for a in d.answers])
+            log.info("%s: %d/%d questions", self.description, len(results), len(pairs))
+        return results
 
 
-def open_bundle(bundle_dir: Path, variant: str, threads: int) -> tuple[EnginePredictor, str]:
-    """An ONNX bundle made by model_export, run on CPU by QAEngine; returns the predictor and the variant chosen."""
-    predictor = EnginePredictor(bundle_dir, variant, threads)
+def open_bundle(bundle_dir: Path, variant: str, threads: int) -> tuple[BundlePredictor, str]:
+    """An ONNX bundle made by model_export, run on the CPU as the service runs it; the predictor and its variant."""
+    predictor = BundlePredictor(bundle_dir, variant, threads)
     return predictor, predictor.variant
 
 

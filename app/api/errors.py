@@ -21,6 +21,7 @@ from app.engine.errors import (
     NotReady,
     Overloaded,
     ShuttingDown,
+    Where,
 )
 
 log = logging.getLogger(__name__)
@@ -180,10 +181,31 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, status, code, message, fields)
 
 
+def field_path(endpoint: str, where: Where) -> tuple[str | int, ...]:
+    """The JSON path, in this endpoint's body, of the input the engine names."""
+    if endpoint == "/read":
+        return {
+            "question": ("question",),
+            "passage": ("passages", where.passage),
+            "passages": ("passages",),
+            "request": ("passages",),
+        }[where.side]
+    if endpoint == "/batch_answer":
+        item: tuple[str | int, ...] = ("items", where.item)
+        return {
+            "question": (*item, "question"),
+            "passage": (*item, "context"),
+            "passages": (*item, "context"),
+            "request": ("items",),
+        }[where.side]
+    return ("question",) if where.side == "question" else ("context",)
+
+
 async def _engine(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, EngineError)
     status, code = status_for(exc)
-    fields = [ErrorField(field=_loc(exc.field), reason=exc.message)] if exc.field else []
+    where = exc.where
+    fields = [ErrorField(field=_loc(field_path(request.url.path, where)), reason=exc.message)] if where else []
     headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))} if isinstance(exc, Overloaded) else None
     if isinstance(exc, ClientDisconnected):
         log.info("client disconnected; its remaining windows were dropped")

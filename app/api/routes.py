@@ -24,7 +24,7 @@ from app.api.schemas import (
     read_response,
     request_models,
 )
-from app.engine.interface import Engine, QARequest, ReadRequest
+from app.engine.interface import DecodeOptions, Engine, QARequest
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -65,19 +65,19 @@ async def _answer_all(request: Request, engine: Engine, items: list[QARequest]) 
     return await _until_gone(request, lambda gone: engine.answer(items, gone))
 
 
-def _options(body: Any) -> dict[str, Any]:
-    return {
-        "top_k": body.top_k,
-        "max_answer_length": body.max_answer_length,
-        "allow_no_answer": body.allow_no_answer,
-        "min_score": body.min_score,
-        "allow_overlap": body.allow_overlap,
-        "align_to_words": body.align_to_words,
-    }
+def _options(body: Any) -> DecodeOptions:
+    return DecodeOptions(
+        top_k=body.top_k,
+        max_answer_length=body.max_answer_length,
+        allow_no_answer=body.allow_no_answer,
+        min_score=body.min_score,
+        allow_overlap=body.allow_overlap,
+        align_to_words=body.align_to_words,
+    )
 
 
 def _to_request(body: Any) -> QARequest:
-    return QARequest(body.question, body.context, **_options(body))
+    return QARequest(body.question, (body.context,), _options(body))
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -102,8 +102,8 @@ def build_router(settings: Settings) -> APIRouter:
     async def read(body: ReadRequestBody, request: Request, engine: EngineDep) -> ReadResponse:  # type: ignore[valid-type]
         """One question over many passages (a retriever's hits): the best spans across all of them, each with the
         index of its passage, ranked on one scale; all windows of all passages batch together."""
-        item = ReadRequest(body.question, tuple(p.text for p in body.passages), **_options(body))  # type: ignore[attr-defined]
-        result = await _until_gone(request, lambda gone: engine.read(item, gone))
+        item = QARequest(body.question, tuple(p.text for p in body.passages), _options(body))  # type: ignore[attr-defined]
+        [result] = await _answer_all(request, engine, [item])
         return read_response(result, engine.model_name, body.passages, body.return_context)  # type: ignore[attr-defined]
 
     @router.get("/livez", tags=["health"])

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
+Side = Literal["question", "passage", "passages", "request"]
+
+
+@dataclass(frozen=True)
+class Where:
+    """What part of a call is at fault, in the engine's terms: the `item`-th question of the call, and its
+    question, one of its passages (`passage`), all its passages together, or the whole call. The HTTP layer
+    turns it into the JSON path of its own body (app/api/errors.py)."""
+
+    side: Side
+    item: int = 0
+    passage: int = 0
+
 
 class EngineError(Exception):
-    """Base class; `field` names the request field at fault, when there is one."""
+    """Base class; `where` names the input at fault, when there is one."""
 
-    def __init__(self, message: str, field: tuple[str | int, ...] = ()) -> None:
+    def __init__(self, message: str, where: Where | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.field = field
+        self.where = where
 
 
 class InvalidInput(EngineError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -9,11 +10,11 @@ from app.engine.spans import Answer
 
 
 @dataclass(frozen=True)
-class QARequest:
-    question: str
-    context: str
+class DecodeOptions:
+    """What a question asks of decoding (app.engine.spans.decode_passages explains each)."""
+
     top_k: int = 1
-    max_answer_length: int = 30
+    max_answer_length: int = 30  # tokens
     allow_no_answer: bool = False
     min_score: float | None = None
     allow_overlap: bool = False
@@ -21,17 +22,13 @@ class QARequest:
 
 
 @dataclass(frozen=True)
-class ReadRequest:
-    """One question over several passages (a retriever's hits), answered on one score scale."""
+class QARequest:
+    """One question over one or more passages, answered on one score scale (/answer sends one passage, /read a
+    retriever's hits); each answer carries the index of its passage."""
 
     question: str
     passages: tuple[str, ...]
-    top_k: int = 1
-    max_answer_length: int = 30
-    allow_no_answer: bool = False
-    min_score: float | None = None
-    allow_overlap: bool = False
-    align_to_words: bool = False
+    options: DecodeOptions = DecodeOptions()
 
 
 @dataclass(frozen=True)
@@ -67,14 +64,13 @@ class Engine(Protocol):
         """Shutdown has begun: turn unready, refuse new work, bound how long in-flight work may take."""
         ...
 
-    async def answer(self, requests: list[QARequest], cancelled: Any = None) -> list[QAResult]:
-        """Answer all requests or raise an EngineError; every request is validated before any runs.
-
-        `cancelled` is an optional asyncio.Event set when the client goes away.
-        """
+    def load(self) -> None:
+        """Load and warm up the model before the server accepts connections; a bundle that cannot run raises
+        app.engine.bundle.BundleError with its reason in one line."""
         ...
 
-    async def read(self, request: ReadRequest, cancelled: Any = None) -> QAResult:
-        """Answer one question over all its passages at once: every window of every passage batches together,
-        and answers from all passages are ranked on one scale, each with its `passage` index."""
+    async def answer(self, requests: Sequence[QARequest], cancelled: Any = None) -> list[QAResult]:
+        """Answer all requests or raise an EngineError naming the input at fault (`Where`); every request is
+        validated before any runs, and all their windows batch together. `cancelled` is an optional
+        asyncio.Event set when the client goes away."""
         ...

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from app.engine.batcher import Batcher
@@ -19,10 +18,11 @@ from app.engine.errors import (
     InvalidInput,
     NotReady,
     ShuttingDown,
+    Where,
 )
 from app.engine.hardware import REPORTED
-from app.engine.interface import Health, QARequest, QAResult, ReadRequest
-from app.engine.served import PAD_MULTIPLE, DecodeOptions, ServedModel, first_line
+from app.engine.interface import Health, QARequest, QAResult
+from app.engine.served import PAD_MULTIPLE, ServedModel, first_line
 from app.engine.spans import PassageLogits
 from app.engine.windows import NoTokens, Window
 from app.metrics import Metrics
@@ -37,9 +37,8 @@ DRAIN_MARGIN_S = 1.0
 class QAEngine:
     """A ServedModel (verified at construction, loaded and warmed up by `load`) answering through the batcher."""
 
-    def __init__(self, config: EngineConfig | Any, metrics: Metrics | None = None) -> None:
-        # transitional: offline callers still pass the HTTP Settings, which map onto an EngineConfig
-        self.config: EngineConfig = config if isinstance(config, EngineConfig) else config.engine_config()
+    def __init__(self, config: EngineConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
         self.metrics = metrics or Metrics()
         self.model = ServedModel(self.config.model)  # fails fast on a bundle that does not match its manifest
         L = self.model.manifest.max_seq_length
@@ -179,6 +178,11 @@ class QAEngine:
             "variant_reason": model.pick.reason,
             "max_batch_windows": model.batch_windows,
             # what `score` and abstention mean for this bundle, so a client can reason about thresholds
+            "score_map": {
+                "kind": model.score_map.kind,
+                "params": list(model.score_map.params),
+                "null": list(model.score_map.null),
+            },
             "score_calibration": list(m.score_calibration),
             "null_threshold": m.null_threshold,
             "cpu_features": sorted(model.cpu_flags & REPORTED),
@@ -189,38 +193,6 @@ class QAEngine:
             "created": m.created,
         }
 
-    async def answer(self, requests: list[QARequest], cancelled: asyncio.Event | None = None) -> list[QAResult]:
-        def where(i: int, name: str) -> tuple[str | int, ...]:
-            # a batch names the item at fault; a single request just the field
-            return ("items", i, name) if len(requests) > 1 else (name,)
-
-        jobs = [
-            _Question(
-                r.question,
-                (r.context,),
-                _options(r),
-                where(i, "question"),
-                (where(i, "context"),),
-                where(i, "context"),
-                "context",
-            )
-            for i, r in enumerate(requests)
-        ]
-        return await self._run(jobs, cancelled)
-
-    async def read(self, request: ReadRequest, cancelled: asyncio.Event | None = None) -> QAResult:
-        job = _Question(
-            request.question,
-            request.passages,
-            _options(request),
-            ("question",),
-            tuple(("passages", p) for p in range(len(request.passages))),
-            ("passages",),
-            "passage",
-        )
-        [result] = await self._run([job], cancelled)
-        return result
-
     def _chars_that_fit(self, windows: Sequence[Window], chars: int, limit: int) -> int:
         """How many characters of text like this passage's `limit` windows hold: their context tokens, at this
         passage's own characters per token (Korean runs about 1.7, English 3 to 4, emoji below 1)."""
@@ -229,53 +201,56 @@ class QAEngine:
         per_token = chars / max(1, windows[-1].context_tokens.stop)
         return int(tokens * per_token)
 
-    async def _run(self, jobs: list[_Question], cancelled: asyncio.Event | None) -> list[QAResult]:
-        """Validate every job, then run all their windows through the batcher (one submit per job), then decode."""
-        if not self._ready or self.batcher is None:
-            raise NotReady(self._load_error or "model is still loading")
-        t0 = time.perf_counter()
-        pairs = [(j.question, c) for j in jobs for c in j.passages]
-        owner = [(j, p) for j in jobs for p in range(len(j.passages))]
-        try:
-            flat = await asyncio.to_thread(self.model.windows, pairs)
-        except NoTokens as e:
-            job, p = owner[e.index]
-            raise InvalidInput(str(e), job.question_field if e.side == "question" else job.passage_fields[p]) from e
-        self.metrics.tokenize_seconds.observe(time.perf_counter() - t0)
+    def _check_sizes(self, requests: Sequence[QARequest], per_request: list[list[list[Window]]]) -> None:
+        """Refuse (422) what no queue or deadline could ever take, naming the passage, in characters."""
         limit = self.config.max_windows_per_passage
-        for (job, p), ws in zip(owner, flat, strict=True):
-            if len(ws) > limit:
-                text = job.passages[p]
-                what = f"passage {p + 1}" if job.noun == "passage" else "the context"
-                fits = self._chars_that_fit(ws, len(text), limit)
-                raise InputTooLarge(
-                    f"{what} is too long: at most about {fits:,} characters of this kind of text fit "
-                    f"(it has {len(text):,}; {len(ws)} windows of {self.manifest.max_seq_length} tokens, the limit "
-                    f"is {limit}, QA_MAX_WINDOWS_PER_REQUEST)",
-                    job.passage_fields[p],
-                )
-        per_job: list[list[list[Window]]] = []
-        pos = 0
-        for job in jobs:
-            per_job.append(flat[pos : pos + len(job.passages)])
-            pos += len(job.passages)
-        for job, passages in zip(jobs, per_job, strict=True):
+        for i, (r, passages) in enumerate(zip(requests, per_request, strict=True)):
+            for p, (text, ws) in enumerate(zip(r.passages, passages, strict=True)):
+                if len(ws) > limit:
+                    what = f"passage {p + 1}" if len(r.passages) > 1 else "the passage"
+                    fits = self._chars_that_fit(ws, len(text), limit)
+                    raise InputTooLarge(
+                        f"{what} is too long: at most about {fits:,} characters of this kind of text fit "
+                        f"(it has {len(text):,}; {len(ws)} windows of {self.manifest.max_seq_length} tokens, the "
+                        f"limit is {limit}, QA_MAX_WINDOWS_PER_REQUEST)",
+                        Where("passage", i, p),
+                    )
             total = sum(len(ws) for ws in passages)
             if total > self.config.max_queue_windows:
                 # it could never be queued: a 429 would invite a retry that can never succeed
                 raise InputTooLarge(
-                    f"passages need {total} windows together; at most {self.config.max_queue_windows} "
+                    f"the passages need {total} windows together; at most {self.config.max_queue_windows} "
                     "can be queued (QA_MAX_QUEUE_WINDOWS)",
-                    job.group_field,
+                    Where("passages", i),
                 )
+
+    async def answer(self, requests: Sequence[QARequest], cancelled: asyncio.Event | None = None) -> list[QAResult]:
+        """Validate every request, then run all their windows through the batcher (one submit), then decode."""
+        if not self._ready or self.batcher is None:
+            raise NotReady(self._load_error or "model is still loading")
+        t0 = time.perf_counter()
+        pairs = [(r.question, text) for r in requests for text in r.passages]
+        owner = [(i, p) for i, r in enumerate(requests) for p in range(len(r.passages))]
+        try:
+            flat = await asyncio.to_thread(self.model.windows, pairs)
+        except NoTokens as e:
+            i, p = owner[e.index]
+            raise InvalidInput(str(e), Where("question", i) if e.side == "question" else Where("passage", i, p)) from e
+        self.metrics.tokenize_seconds.observe(time.perf_counter() - t0)
+        per_request: list[list[list[Window]]] = []
+        pos = 0
+        for r in requests:
+            per_request.append(flat[pos : pos + len(r.passages)])
+            pos += len(r.passages)
+        self._check_sizes(requests, per_request)
         # All inputs are valid: only now does any of them reach the model, and all of them or none. One
         # submit for the whole body, so it is admitted (or refused) as a whole and resolves as one future.
         budget = self.config.request_timeout_s - (time.perf_counter() - t0)
-        windows = [w for passages in per_job for ws in passages for w in ws]
+        windows = [w for passages in per_request for ws in passages for w in ws]
         try:
             future = self.batcher.submit(windows, budget, self.config.request_timeout_s)
         except InputTooLarge as e:
-            e.field = ("items",) if len(jobs) > 1 else jobs[0].group_field
+            e.where = Where("request")
             raise
         gone = asyncio.ensure_future(cancelled.wait()) if cancelled is not None else None
         try:
@@ -293,31 +268,12 @@ class QAEngine:
         outputs = iter(future.result())  # raises the batch's error, if any; in submission order
         t1 = time.perf_counter()
         results = []
-        for job, passages in zip(jobs, per_job, strict=True):
+        for r, passages in zip(requests, per_request, strict=True):
             decoded_input = []
-            for context, ws in zip(job.passages, passages, strict=True):
+            for text, ws in zip(r.passages, passages, strict=True):
                 mine = [next(outputs) for _ in ws]
-                decoded_input.append(PassageLogits(context, ws, [o[0] for o in mine], [o[1] for o in mine]))
-            decoded = self.model.decode(decoded_input, job.options)
+                decoded_input.append(PassageLogits(text, ws, [o[0] for o in mine], [o[1] for o in mine]))
+            decoded = self.model.decode(decoded_input, r.options)
             results.append(QAResult(decoded.answers, decoded.no_answer_score, sum(len(ws) for ws in passages)))
         self.metrics.decode_seconds.observe(time.perf_counter() - t1)
         return results
-
-
-@dataclass(frozen=True)
-class _Question:
-    """One question over one or more passages, with the request fields to name when one of them is bad."""
-
-    question: str
-    passages: Sequence[str]
-    options: DecodeOptions
-    question_field: tuple[str | int, ...]
-    passage_fields: tuple[tuple[str | int, ...], ...]
-    group_field: tuple[str | int, ...]  # the passages as a whole (their total size)
-    noun: str  # what the request calls one passage, for messages
-
-
-def _options(r: QARequest | ReadRequest) -> DecodeOptions:
-    return DecodeOptions(
-        r.top_k, r.max_answer_length, r.allow_no_answer, r.min_score, r.allow_overlap, r.align_to_words
-    )

@@ -10,7 +10,6 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from tokenizers import Tokenizer
 from app.engine.bundle import BundleError, Manifest, read_manifest, verify_bundle
 from app.engine.config import ModelConfig
 from app.engine.hardware import Pick, cpu_flags, cpu_quota, pick_runtime, pick_variant
+from app.engine.interface import DecodeOptions, QARequest
 from app.engine.runtime import HeapTrimmer, Runtime, cuda_available, open_runtime, openvino_version
 from app.engine.spans import Decoded, PassageLogits, ScoreMap, decode_passages
 from app.engine.windows import Window, WindowSpec, encode_windows, pad_batch, pad_token_id
@@ -30,18 +30,6 @@ Logits = tuple[np.ndarray, np.ndarray]
 # Pad batches to a multiple of this many tokens: few distinct shapes keep ORT's memory and kernel
 # caches bounded while wasting at most 31 tokens of padding per window.
 PAD_MULTIPLE = 32
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """What a request asks of decoding (the API's options; app.engine.spans.decode_passages explains each)."""
-
-    top_k: int = 1
-    max_answer_length: int = 30  # tokens
-    allow_no_answer: bool = False
-    min_score: float | None = None
-    allow_overlap: bool = False
-    align_to_words: bool = False
 
 
 def score_map(manifest: Manifest) -> ScoreMap:
@@ -213,11 +201,16 @@ class ServedModel:
         it = iter(out)
         return [[next(it) for _ in ws] for ws in windows]
 
-    def answer(self, pairs: Sequence[tuple[str, str]], options: DecodeOptions) -> list[Decoded]:
-        """Each (question, context) pair answered as POST /answer answers it, without the HTTP layer."""
+    def answer(self, requests: Sequence[QARequest]) -> list[Decoded]:
+        """Each request answered as the service answers it, without the HTTP layer or the batcher."""
+        pairs = [(r.question, text) for r in requests for text in r.passages]
         windows = self.windows(pairs)
-        logits = self.logits(windows)
-        return [
-            self.decode([PassageLogits(context, ws, [s for s, _ in lg], [e for _, e in lg])], options)
-            for (_, context), ws, lg in zip(pairs, windows, logits, strict=True)
-        ]
+        it = iter(zip(pairs, windows, self.logits(windows), strict=True))
+        out = []
+        for r in requests:
+            passages = []
+            for _ in r.passages:
+                (_, text), ws, lg = next(it)
+                passages.append(PassageLogits(text, ws, [s for s, _ in lg], [e for _, e in lg]))
+            out.append(self.decode(passages, r.options))
+        return out

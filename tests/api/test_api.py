@@ -229,8 +229,8 @@ def test_read_ranks_answers_across_passages(client, engine):
         (1, 5, 10, "seoul"),
     ]
     assert body["no_answer_score"] is None and body["model"] == "fake"
-    [call] = engine.calls
-    assert call.passages == tuple(passages) and call.top_k == 5
+    [[call]] = engine.calls
+    assert call.passages == tuple(passages) and call.options.top_k == 5
 
 
 @pytest.mark.parametrize(
@@ -319,7 +319,11 @@ def test_read_passages_with_ids_echo_them_and_strings_still_work(client, engine)
     assert [(a["passage"], a["id"], a["title"]) for a in answers] == [(2, None, None), (1, "doc-7", "Seoul")]
     assert all(a["snippet"] is None for a in answers)
     # the engine saw the texts only
-    assert engine.calls[-1].passages == ("nothing here", "the capital is seoul", "seoul again, said the third passage")
+    assert engine.calls[-1][0].passages == (
+        "nothing here",
+        "the capital is seoul",
+        "seoul again, said the third passage",
+    )
 
 
 def test_read_return_context_gives_a_snippet_with_the_span_inside(client):
@@ -339,11 +343,8 @@ def test_options_reach_the_engine(client, engine):
     options = {"min_score": 0.2, "allow_overlap": True, "align_to_words": True, "allow_no_answer": True, "top_k": 3}
     assert client.post("/answer", json={**OK, **options}).status_code == 200
     [request] = engine.calls[-1]
-    assert (request.min_score, request.allow_overlap, request.align_to_words, request.allow_no_answer) == (
-        0.2,
-        True,
-        True,
-        True,
-    )
+    assert request.passages == (OK["context"],)
+    o = request.options
+    assert (o.top_k, o.min_score, o.allow_overlap, o.align_to_words, o.allow_no_answer) == (3, 0.2, True, True, True)
     r = client.post("/read", json={"question": "find seoul", "passages": ["seoul"], "min_score": 1})
-    assert r.status_code == 200 and engine.calls[-1].min_score == 1.0
+    assert r.status_code == 200 and engine.calls[-1][0].options.min_score == 1.0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.interface import QARequest
+from app.engine.interface import DecodeOptions, QARequest
 from app.settings import Settings
 from tests.integration.test_read import korquad_passages, ready_engine
 
@@ -25,9 +25,11 @@ async def alone_and_crowded(bundle: Path, runtime: str = "onnxruntime", **settin
     engine = await ready_engine(Settings(model_dir=bundle, model_variant="int8", intra_op_threads=1, **settings))
     try:
         passages = korquad_passages(8)
-        probe = QARequest("이 글의 주제는 무엇인가?", passages[0], top_k=5)
+        probe = QARequest("이 글의 주제는 무엇인가?", (passages[0],), DecodeOptions(top_k=5))
         [alone] = await engine.answer([probe])
-        others = [QARequest(f"질문 {i}은 무엇인가?", p, top_k=5) for i, p in enumerate(passages[1:] * 3)]
+        others = [
+            QARequest(f"질문 {i}은 무엇인가?", (p,), DecodeOptions(top_k=5)) for i, p in enumerate(passages[1:] * 3)
+        ]
         results = await asyncio.gather(*(engine.answer([r]) for r in [*others[:12], probe, *others[12:]]))
         crowded = results[12][0]
         assert engine.model_info()["precision"] == "int8" and engine.model_info()["runtime"] == runtime

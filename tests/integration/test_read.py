@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.engine.interface import QARequest, ReadRequest
+from app.engine.interface import DecodeOptions, QARequest
 from app.engine.qa import QAEngine
 from app.main import create_app
 from app.settings import Settings
@@ -21,7 +21,7 @@ from tests.support.tiny_model import KORQUAD_DEV
 
 
 async def ready_engine(settings: Settings) -> QAEngine:
-    engine = QAEngine(settings)
+    engine = QAEngine(settings.engine_config())
     await engine.start()
     for _ in range(600):
         if engine.health().ready:
@@ -46,8 +46,12 @@ async def test_read_equals_each_passage_alone_merged_by_logit(tiny_bundle: Path)
         passages = korquad_passages(6)
         question = "이 글에서 가장 중요한 인물은 누구인가?"
         top_k = 20
-        result = await engine.read(ReadRequest(question, tuple(passages), top_k=top_k, allow_no_answer=True))
-        alone = await asyncio.gather(*(engine.answer([QARequest(question, p, top_k=top_k)]) for p in passages))
+        every = DecodeOptions(top_k=top_k, allow_overlap=True)  # every candidate, fragments included
+        [result] = await engine.answer([QARequest(question, tuple(passages), every)])
+        alone = await asyncio.gather(*(engine.answer([QARequest(question, (p,), every)]) for p in passages))
+        # with the null answer on one scale: min_score 0 keeps the answers the null answer would hide
+        null = DecodeOptions(top_k=top_k, allow_overlap=True, allow_no_answer=True, min_score=0.0)
+        [joint] = await engine.answer([QARequest(question, tuple(passages), null)])
     finally:
         await engine.stop()
     assert result.windows == sum(r.windows for [r] in alone) and result.windows > len(passages)
@@ -63,8 +67,9 @@ async def test_read_equals_each_passage_alone_merged_by_logit(tiny_bundle: Path)
     assert len({g[1] for g in got}) > 1, "answers should come from several passages"
     for a in result.answers:
         assert passages[a.passage][a.start : a.end] == a.text
-    scores = [a.score for a in result.answers]
-    assert scores == sorted(scores, reverse=True) and sum(scores) + result.no_answer_score <= 1 + 1e-9
+    scores = [a.score for a in joint.answers]
+    assert [(a.passage, a.start, a.end) for a in joint.answers] == [g[1:4] for g in got]
+    assert scores == sorted(scores, reverse=True) and sum(scores) + joint.no_answer_score <= 1 + 1e-9
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def test_too_many_windows_is_422_naming_the_item(client, marker_bundle):
     # the limit is stated in characters, and it is true: text of this kind that long fits, a little more does not
     message = r.json()["error"]["message"]
     fits = int(re.search(r"at most about ([\d,]+) characters", message).group(1).replace(",", ""))
-    assert message.startswith("the context is too long") and "it has 29,000" in message
+    assert message.startswith("the passage is too long") and "it has 29,000" in message
     ok = client.post("/answer", json={"question": "q?", "context": huge[: int(fits * 0.97)]})
     assert ok.status_code == 200 and ok.json()["windows"] <= 64
     assert client.post("/answer", json={"question": "q?", "context": huge[: int(fits * 1.05)]}).status_code == 422
@@ -207,9 +207,9 @@ def test_stalled_inference_turns_readiness_and_liveness_off(marker_bundle: Path)
         assert c.get("/readyz").status_code == 200 and c.get("/livez").status_code == 200
 
 
-def test_the_manifest_calibration_reaches_the_scores(marker_bundle: Path, tmp_path: Path):
-    """(a, b, c) from the manifest: each score is sigmoid(a * logit(share) + b + c * null margin), the margin read
-    off the same request's uncalibrated shares (log of the null's share over the span's)."""
+def test_the_manifest_score_map_reaches_the_scores(marker_bundle: Path, tmp_path: Path):
+    """The manifest's score_map is what the service applies: a Platt map on the best span's share (the others
+    share the rest), and the null map, P(no answer) = sigmoid(alpha * margin + beta), scaling the answers."""
     bundle = tmp_path / "bundle"
     shutil.copytree(marker_bundle, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -217,21 +217,28 @@ def test_the_manifest_calibration_reaches_the_scores(marker_bundle: Path, tmp_pa
         "question": "대한민국의 수도는?",
         "context": f"대한민국의 수도는 {MARKER}이다. 부산은 항구 도시이다.",
         "top_k": 3,
-        "allow_no_answer": True,
+        "allow_overlap": True,
     }
 
-    def ask(calibration: list[float]) -> dict:
-        # a threshold no margin reaches: the null answer takes part in the softmax but never wins
-        (bundle / "manifest.json").write_text(
-            json.dumps(manifest | {"score_calibration": calibration, "null_threshold": 1e9})
-        )
+    def ask(score_map: dict, **options: object) -> dict:
+        (bundle / "manifest.json").write_text(json.dumps(manifest | {"score_map": score_map}))
         with TestClient(create_app(Settings(model_dir=bundle, model_variant="fp32", intra_op_threads=1))) as c:
             wait_ready(c)
-            assert c.get("/v1/models").json()["data"][0]["score_calibration"] == calibration
-            return c.post("/answer", json=request).json()
+            assert c.get("/v1/models").json()["data"][0]["score_map"]["kind"] == score_map["kind"]
+            return c.post("/answer", json=request | options).json()
 
-    raw, cal = ask([1.0, 0.0]), ask([0.8, 0.3, -0.25])
+    identity = {"kind": "identity", "params": [], "null": [1.0, 0.0]}
+    platt = {"kind": "platt", "params": [0.8, 0.3], "null": [1.5, -2.0]}
+    raw, cal = ask(identity), ask(platt)
     assert [a["start"] for a in raw["answers"]] == [a["start"] for a in cal["answers"]] and len(raw["answers"]) > 1
-    for r, c in zip(raw["answers"], cal["answers"], strict=True):
-        p, margin = r["score"], np.log(raw["no_answer_score"] / r["score"])
-        assert abs(c["score"] - 1 / (1 + np.exp(-(0.8 * np.log(p / (1 - p)) + 0.3 - 0.25 * margin)))) < 1e-9
+    q = [a["score"] for a in raw["answers"]]
+    top = 1 / (1 + np.exp(-(0.8 * np.log(q[0] / (1 - q[0])) + 0.3)))
+    want = [top] + [min(x * (1 - top) / (1 - q[0]), top) for x in q[1:]]
+    assert [a["score"] for a in cal["answers"]] == pytest.approx(want, abs=1e-9)
+    # the null answer: with the identity null map P = sigmoid(margin), which gives the margin back
+    raw_null = ask(identity, allow_no_answer=True, min_score=0.0)
+    cal_null = ask(platt, allow_no_answer=True, min_score=0.0)
+    margin = np.log(raw_null["no_answer_score"] / (1 - raw_null["no_answer_score"]))
+    p0 = 1 / (1 + np.exp(-(1.5 * margin - 2.0)))
+    assert cal_null["no_answer_score"] == pytest.approx(p0, abs=1e-9)
+    assert [a["score"] for a in cal_null["answers"]] == pytest.approx([w * (1 - p0) for w in want], abs=1e-9)

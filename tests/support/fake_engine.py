@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
-from app.engine.errors import InferenceFailed, InputTooLarge
-from app.engine.interface import Health, QARequest, QAResult, ReadRequest
+from app.engine.errors import InferenceFailed, InputTooLarge, Where
+from app.engine.interface import Health, QARequest, QAResult
 from app.engine.spans import Answer
 
 
@@ -19,7 +20,7 @@ class FakeEngine:
         self.ready = ready
         self.alive = True
         self.max_context_words = max_context_words
-        self.calls: list[list[QARequest] | ReadRequest] = []
+        self.calls: list[list[QARequest]] = []
         self.started = False
 
     @property
@@ -50,37 +51,28 @@ class FakeEngine:
     def begin_drain(self) -> None:
         self.ready = False
 
-    async def answer(self, requests: list[QARequest], cancelled: Any = None) -> list[QAResult]:
-        for i, r in enumerate(requests):
-            if len(r.context.split()) > self.max_context_words:
-                field = ("items", i, "context") if len(requests) > 1 else ("context",)
-                raise InputTooLarge("context needs too many windows", field)
-        self.calls.append(requests)
-        await asyncio.sleep(self.latency_s)
-        out = []
-        for r in requests:
-            if self.fail_on and self.fail_on in r.question:
-                raise InferenceFailed("inference failed: RuntimeError")
-            word = r.question.split()[-1].strip("?")
-            start = r.context.find(word)
-            answers = [Answer(word, 1.0, start, start + len(word), 1.0)] if start >= 0 else []
-            out.append(QAResult(answers[: r.top_k], 0.0 if r.allow_no_answer else None, 1))
-        return out
+    def load(self) -> None:
+        pass
 
-    async def read(self, request: ReadRequest, cancelled: Any = None) -> QAResult:
-        for p, passage in enumerate(request.passages):
-            if len(passage.split()) > self.max_context_words:
-                raise InputTooLarge("passage needs too many windows", ("passages", p))
-        self.calls.append(request)
+    async def answer(self, requests: Sequence[QARequest], cancelled: Any = None) -> list[QAResult]:
+        for i, r in enumerate(requests):
+            for p, passage in enumerate(r.passages):
+                if len(passage.split()) > self.max_context_words:
+                    raise InputTooLarge("the passage needs too many windows", Where("passage", i, p))
+        self.calls.append(list(requests))
         await asyncio.sleep(self.latency_s)
-        if self.fail_on and self.fail_on in request.question:
+        return [self._one(r) for r in requests]
+
+    def _one(self, r: QARequest) -> QAResult:
+        if self.fail_on and self.fail_on in r.question:
             raise InferenceFailed("inference failed: RuntimeError")
-        word = request.question.split()[-1].strip("?")
+        word = r.question.split()[-1].strip("?")
         # the earlier the word sits in its passage, the better: a ranking across passages to check
-        found = [(p, passage.find(word)) for p, passage in enumerate(request.passages) if word in passage]
+        found = [(p, passage.find(word)) for p, passage in enumerate(r.passages) if word in passage]
         found.sort(key=lambda t: (t[1], t[0]))
         answers = [
             Answer(word, 1.0 / (rank + 1), start, start + len(word), -float(start), p)
             for rank, (p, start) in enumerate(found)
         ]
-        return QAResult(answers[: request.top_k], 0.0 if request.allow_no_answer else None, len(request.passages))
+        options = r.options
+        return QAResult(answers[: options.top_k], 0.0 if options.allow_no_answer else None, len(r.passages))
