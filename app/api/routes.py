@@ -86,19 +86,37 @@ def build_router(settings: Settings) -> APIRouter:
     # the QA API needs the bearer token when one is configured (and /openapi.json then says so); probes never do
     qa = APIRouter(dependencies=auth_dependencies(settings))
 
-    @qa.post("/answer", response_model=AnswerResponse, responses=ERRORS, tags=["qa"])
+    @qa.post(
+        "/answer",
+        response_model=AnswerResponse,
+        responses=ERRORS,
+        tags=["qa"],
+        summary="Answer a question from one passage",
+    )
     async def answer(body: AnswerRequest, request: Request, engine: EngineDep) -> AnswerResponse:  # type: ignore[valid-type]
         """Top-k answer spans of `context` for `question`, as character offsets."""
         [result] = await _answer_all(request, engine, [_to_request(body)])
         return answer_response(result, engine.model_name)
 
-    @qa.post("/batch_answer", response_model=BatchAnswerResponse, responses=ERRORS, tags=["qa"])
+    @qa.post(
+        "/batch_answer",
+        response_model=BatchAnswerResponse,
+        responses=ERRORS,
+        tags=["qa"],
+        summary="Answer several questions, each from its own passage",
+    )
     async def batch_answer(body: BatchAnswerRequest, request: Request, engine: EngineDep) -> BatchAnswerResponse:  # type: ignore[valid-type]
         """Several answer requests; results come back in the same order. Any invalid item fails the whole body."""
         results = await _answer_all(request, engine, [_to_request(i) for i in body.items])  # type: ignore[attr-defined]
         return BatchAnswerResponse(results=[answer_response(r, engine.model_name) for r in results])
 
-    @qa.post("/read", response_model=ReadResponse, responses=ERRORS, tags=["qa"])
+    @qa.post(
+        "/read",
+        response_model=ReadResponse,
+        responses=ERRORS,
+        tags=["qa"],
+        summary="Answer one question from a retriever's passages",
+    )
     async def read(body: ReadRequestBody, request: Request, engine: EngineDep) -> ReadResponse:  # type: ignore[valid-type]
         """One question over many passages (a retriever's hits): the best spans across all of them, each with the
         index of its passage, ranked on one scale; all windows of all passages batch together."""
@@ -106,13 +124,13 @@ def build_router(settings: Settings) -> APIRouter:
         [result] = await _answer_all(request, engine, [item])
         return read_response(result, engine.model_name, body.passages, body.return_context)  # type: ignore[attr-defined]
 
-    @router.get("/livez", tags=["health"])
+    @router.get("/livez", tags=["health"], summary="Liveness: the process and its batcher run")
     async def livez(engine: EngineDep) -> JSONResponse:
         """The process and its batcher are alive. Never touches the model."""
         h = engine.health()
         return JSONResponse({"status": "alive" if h.alive else "dead", "detail": h.detail}, 200 if h.alive else 503)
 
-    @router.get("/readyz", tags=["health"])
+    @router.get("/readyz", tags=["health"], summary="Readiness: the model is loaded and can answer now")
     async def readyz(engine: EngineDep) -> JSONResponse:
         """200 once the model is loaded, verified and warmed up; 503 before (or if it failed)."""
         h = engine.health()
@@ -128,7 +146,7 @@ def build_router(settings: Settings) -> APIRouter:
         "max_top_k": settings.max_top_k,
     }
 
-    @qa.get("/v1/models", tags=["model"])
+    @qa.get("/v1/models", tags=["model"], summary="The served model and the request limits")
     async def models(engine: EngineDep) -> dict[str, Any]:
         """Metadata of the served bundle (name, languages, window sizes, precision, provider, scores), and the
         request limits, so that a client (the demo page) can show them before it sends anything."""

@@ -221,19 +221,21 @@ class ReadResponse(BaseModel):
 
 
 class ErrorField(BaseModel):
-    field: str
-    reason: str
+    field: str = Field(
+        description="Where in the body, as a dotted path: 'context', 'items.2.question', 'passages.1.text'."
+    )
+    reason: str = Field(description="What is wrong with it.")
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
-    fields: list[ErrorField] = []
-    request_id: str | None = None
+    code: str = Field(description="A stable code for the kind of error (docs/api.md lists every one).")
+    message: str = Field(description="What happened and what to do, for a person.")
+    fields: list[ErrorField] = Field([], description="The inputs at fault, when the error is about the request.")
+    request_id: str | None = Field(None, description="The X-Request-ID of the request, also in the server's log.")
 
 
 class ErrorResponse(BaseModel):
-    error: ErrorBody
+    error: ErrorBody = Field(description="Every error has this shape, whatever the status.")
 
 
 def _limits(settings: Settings) -> dict[str, Any]:
