@@ -34,7 +34,8 @@ const plural = (n, word) => `${fmt(n)} ${word}${n === 1 ? "" : "s"}`;
 const chars = (s) => Array.from(s).length;
 const pct = (p) => (p < 0.01 ? "<1%" : p > 0.99 ? ">99%" : `${Math.round(p * 100)}%`);
 // the service's setting names mean nothing to someone using the page
-const noSettings = (text) => text.replace(/\s*\(QA_[A-Z0-9_]+\)/g, "");
+// the server's parenthesised details name its settings ("(... the limit is 64, QA_MAX_WINDOWS_PER_REQUEST)")
+const noSettings = (text) => text.replace(/\s*\([^()]*QA_[A-Z0-9_]+[^()]*\)/g, "");
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -202,9 +203,13 @@ function targetOf(field, question, sent) {
 }
 
 function explain(reason, target) {
-  const tooLong = /at most (\d+) characters/.exec(reason);
+  // "at most 4000 characters" (the form's limit), or "at most about 9,760 characters of this kind of text" (what
+  // the model's windows hold, which depends on the text)
+  const tooLong = /at most (about )?([\d,]+) characters/.exec(reason);
   if (tooLong && target.text !== undefined) {
-    return `${target.label} has ${fmt(chars(target.text))} characters (at most ${fmt(Number(tooLong[1]))})`;
+    const limit = fmt(Number(tooLong[2].replaceAll(",", "")));
+    const kind = tooLong[1] ? `about ${limit} of this kind of text` : limit;
+    return `${target.label} has ${fmt(chars(target.text))} characters (at most ${kind})`;
   }
   const plain = noSettings(reason);
   // the engine names the field in its own words ("context needs 70 windows ..."); use the form's
