@@ -17,12 +17,13 @@ from typing import Any, get_args, get_type_hints
 
 from model_export.build import build
 from model_export.bundle_checkpoint import BundleOptions, EvalData, bundle_checkpoint, calibration_data
+from model_export.checkpoint import training_record
 from model_export.cli_steps import add_calibrate, add_evaluate, add_export, add_quantize, add_score, add_validate
 from model_export.config import BuildStage, ConfigError, ExportSection, TrainConfig, load_build_config
 from model_export.export import ExportError
 from model_export.import_base import import_encoder
 from model_export.metrics import METRICS
-from model_export.stages import command_line
+from model_export.stages import VARIANTS, command_line, static_int8_available
 from model_export.sweep import best_trial, results_table, run_sweep
 from model_export.train import TrainingStopped, train
 from model_export.validate import ValidationFailed
@@ -165,8 +166,8 @@ example (a KorQuAD-tuned checkpoint in ./my-koelectra-qa, then serve it):
   python -m model_export bundle ./my-koelectra-qa --out models/my-qa \\
       --eval-data ../shared/data/korquad/KorQuAD_v1.0_dev.json --eval-articles 112:140
   QA_MODEL_DIR=models/my-qa make serve
-and with scores that mean what they say (calibrated on questions the model never trained on):
-  ... --calibrate-data ../shared/data/korquad/KorQuAD_v1.0_dev.json --calibrate-articles 0:112
+and with scores that mean what they say (its score map fitted on questions it never trained on):
+  ... --calibrate-data ../shared/data/korquad/KorQuAD_v1.0_dev.json --calibrate-articles 100:112
 
 MODEL is a local directory written by save_pretrained (config.json, weights, tokenizer files) of a
 *ForQuestionAnswering model, or a hub id where the hub can be reached. Window settings default to the
@@ -184,12 +185,14 @@ def bundle_options(args: argparse.Namespace) -> BundleOptions:
     export = ExportSection(
         variants=args.variants, int8_method=args.int8_method, opset=args.opset, max_bundle_mb=args.max_bundle_mb
     )
-    if args.calibrate_data is None and (args.calibrate_articles or args.calibrate_margin or args.calibrate_metric):
-        raise ValueError("--calibrate-articles, --calibrate-margin and --calibrate-metric need --calibrate-data")
+    if args.calibrate_data is None and (args.calibrate_articles or args.calibrate_metric):
+        raise ValueError("--calibrate-articles and --calibrate-metric need --calibrate-data")
     calibration = None
     if args.calibrate_data:
+        # a local checkpoint's training.json names the articles it trained on: those cannot calibrate it
+        training = training_record(Path(args.model)) if Path(args.model).is_dir() else {}
         calibration = calibration_data(
-            Path(args.calibrate_data), args.calibrate_articles, args.calibrate_margin, args.calibrate_metric
+            Path(args.calibrate_data), args.calibrate_articles, args.calibrate_metric, training
         )
     evaluation = None
     if args.eval_data:
@@ -240,7 +243,7 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
         help="a fine-tuned Hugging Face QA checkpoint -> a bundle the service loads as it is",
         description="Export (optimum, task question-answering) -> ONNX Runtime fusions -> int8 (CPU) and fp16 "
         "(CUDA) -> validate every variant against PyTorch -> bundle with manifest, hashes and the command "
-        "[-> score calibration and null threshold with --calibrate-data] [-> scores with --eval-data].",
+        "[-> its score map with --calibrate-data] [-> scores with --eval-data].",
         epilog=BUNDLE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -248,14 +251,21 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="bundle directory to write (replaced if it is a bundle)")
     p.add_argument("--work-dir", default=None, help="intermediate files (default: OUT.work beside the bundle)")
     p.add_argument(
-        "--variants", nargs="+", default=["fp32", "fp16", "int8"], help="precisions to build (default all three)"
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=VARIANTS,
+        help="precisions to build: fp32 (exact, any CPU), fp16 (CUDA), int8 (CPU); default all three",
     )
+    static = static_int8_available()
     p.add_argument(
         "--int8-method",
-        default="dynamic",
+        default="static" if static else "dynamic",
         choices=["static", "dynamic"],
-        help="int8 recipe: static = NNCF QDQ served by OpenVINO, calibrated on the built-in sample pairs "
-        "(fastest on a CPU); dynamic = ORT's fused graph, no calibration (default)",
+        help="int8 recipe: static = NNCF QDQ served by OpenVINO, its activation scales from the built-in sample "
+        "pairs (fastest on a CPU; what the shipped model uses); dynamic = ORT's fused graph, no calibration. "
+        "Default static where OpenVINO and NNCF are installed, else dynamic (here: "
+        f"{'static' if static else 'dynamic'})",
     )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: optimum's for the architecture)")
     p.add_argument("--max-seq-length", type=int, default=None, help="window length in tokens")
@@ -276,19 +286,16 @@ def add_bundle_scoring_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--calibrate-data",
         default=None,
-        help="SQuAD-format JSON of questions the model never trained on: fit the score calibration (a score of 0.8 "
-        "right 80%% of the time, by --calibrate-metric exact match) and the null threshold (allow_no_answer) on its "
-        "answerable questions, through the file the service picks on this CPU, and record both in the manifest",
+        help="SQuAD-format JSON of questions the model never trained on: fit the bundle's score map on its "
+        "answerable questions (a score of 0.8 right 80%% of the time, by --calibrate-metric exact match, and the "
+        "probability of no answer for allow_no_answer), through the file the service picks on this CPU, by the "
+        "rule of docs/calibration.md, and record it in the manifest",
     )
     p.add_argument(
         "--calibrate-articles",
         default=None,
-        help="article range of --calibrate-data, two articles at least, e.g. 100:112 (default all)",
-    )
-    p.add_argument(
-        "--calibrate-margin",
-        action="store_true",
-        help="the score map also weighs the null margin, c * (null logit - span logit) with c <= 0",
+        help="article range of --calibrate-data, two articles at least and none the checkpoint's training.json "
+        "trained on, e.g. 100:112 (default all)",
     )
     p.add_argument(
         "--calibrate-metric",

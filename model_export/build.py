@@ -1,7 +1,10 @@
 """`build`: the whole job from one TOML config, from a base encoder to the shipped bundle.
 
-import -> train -> prune -> trim rules -> calibrate -> export -> quantize -> validate -> score -> bundle. Each
-stage reuses what an earlier run of the same config left in work_dir, so a build stopped between sittings goes on.
+import -> train -> prune -> trim rules -> export, quantize, validate -> staged bundle -> calibrate (the shipped
+model on its own served scores of articles it never trained on) -> score every variant on the test split -> the
+shipped bundle -> its calibration figures on the test split. Each stage reuses what an earlier run of the same
+config left in work_dir (the base, a finished training, the calibration's logits of the same served file), so a
+build stopped between sittings goes on.
 """
 
 from __future__ import annotations
@@ -14,16 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.engine.bundle import MANIFEST, read_manifest
-from app.engine.hardware import cpu_name
+from app.engine.bundle import read_manifest
+from app.engine.hardware import cpu_flags, cpu_name, pick_variant
 from app.settings import cpu_quota
-from model_export.bundle import rewrite_manifest, write_bundle
-from model_export.calibrate import fit_from_logits, measure_bundle
+from model_export.bundle import BUNDLE_FILE_NAMES, rewrite_manifest, write_bundle
+from model_export.calibrate import fit_bundle, measure_bundle
 from model_export.checkpoint import load_tokenizer, training_record
-from model_export.config import BuildConfig, BuildStage, TrainConfig, check_splits, fold_splits
+from model_export.config import BuildConfig, BuildStage, TrainConfig, check_splits
 from model_export.data import Example, load_examples
 from model_export.export import load_qa_model
-from model_export.held_out import ServedBundle, calibration_questions, checkpoint_logits, write_dev_logits
 from model_export.import_base import import_encoder
 from model_export.prune_vocab import PruneSpec, prune
 from model_export.stages import (
@@ -31,6 +33,7 @@ from model_export.stages import (
     evaluate_stage,
     export_and_validate,
     int8_description,
+    set_calibration,
     variant_runtimes,
 )
 from model_export.suffixes import learn_trim_suffixes
@@ -40,9 +43,8 @@ log = logging.getLogger(__name__)
 
 
 def build(cfg: BuildConfig, command: str, until: BuildStage | None = None) -> Path:
-    """import -> train -> prune -> calibrate -> export -> quantize -> validate -> evaluate each variant -> bundle.
-
-    `until` stops after that stage and returns what it wrote; the same call without it goes on from there."""
+    """See the module's docstring. `until` stops after that stage and returns what it wrote; the same call without
+    it goes on from there."""
     check_splits(cfg)
     work = Path(cfg.work_dir)
     base_dir = work / "base"
@@ -61,20 +63,25 @@ def build(cfg: BuildConfig, command: str, until: BuildStage | None = None) -> Pa
     if cfg.prune.enabled:
         model_dir, prune_report = prune_stage(cfg, model_dir, train_examples)
     trim = trim_suffix_stage(cfg, model_dir, train_examples)
-    # the calibration models are the other long training runs: they come before the minutes of export and
-    # quantization, so that a build interrupted across sittings resumes training without redoing those first
-    calibration = calibrate_stage(cfg, base_dir, model_dir, trim) if cfg.calibrate.enabled else None
-    if until == "calibrate":
-        return stop_after(until, work / "calibrate" / "calibration.json")
 
+    exp = cfg.export
+    made, info, report = serving_files_stage(cfg, model_dir, work / "onnx", exp.variants, train_examples)
+    common = bundle_fields(cfg, model_dir, info, report, command)
     manifest_extra: dict[str, Any] = {
         "trim_suffixes": trim,
         "vocabulary_pruning": prune_report,
-        "int8_method": int8_description(cfg.export),
+        "int8_method": int8_description(exp),
     }
-    if calibration is not None:
-        manifest_extra |= calibration_fields(calibration)
-    bundle = ship_stage(cfg, model_dir, train_examples, manifest_extra, command)
+    # every variant, as the service would load them: calibration runs the shipped file, then scoring each variant
+    staged = write_bundle(
+        work / "bundle-all", onnx_files={v: made[v] for v in exp.variants}, extra=manifest_extra, **common
+    )
+    if cfg.calibrate.enabled:
+        manifest_extra |= calibrate_stage(cfg, staged)
+    if until == "calibrate":
+        return stop_after(until, work / "calibrate" / "calibration.json")
+
+    bundle = ship_stage(cfg, staged, made, common, manifest_extra)
     if cfg.calibrate.enabled:
         calibration_test_stage(bundle, cfg.data.file, cfg.data.test_articles, work / "calibration-test")
     return bundle
@@ -88,17 +95,36 @@ def stop_after(stage: BuildStage, out: Path) -> Path:
     return out
 
 
-def ship_stage(
-    cfg: BuildConfig, model_dir: Path, train_examples: list[Example], manifest_extra: dict[str, Any], command: str
-) -> Path:
-    """Export, quantize and validate every variant, score each from a staged bundle of all of them (the files and
-    code path the service will use), then write the bundle of the shipped ones, with every score on record."""
-    work, exp, ev = Path(cfg.work_dir), cfg.export, cfg.evaluate
-    made, info, report = serving_files_stage(cfg, model_dir, work / "onnx", exp.variants, train_examples)
-    common = bundle_fields(cfg, model_dir, info, report, command)
-    staged = write_bundle(
-        work / "bundle-all", onnx_files={v: made[v] for v in exp.variants}, extra=manifest_extra, **common
+def calibrate_stage(cfg: BuildConfig, staged: Path) -> dict[str, Any]:
+    """The shipped model's score map, fitted on its own served scores of `calibrate.dev_articles` (never trained
+    on: check_splits) through the file the CPU service will pick from the shipped variants, one window per call.
+    Records it in the staged bundle, writes work_dir/calibrate/calibration.json (the manifest fields) and returns
+    those fields. Its logits are cached there (served_logits.npz), reused while the served file is the same."""
+    c = cfg.calibrate
+    work = Path(cfg.work_dir) / "calibrate"
+    shipped = {v: BUNDLE_FILE_NAMES[v] for v in cfg.export.shipped}
+    # the staged bundle holds every variant built; the file to calibrate is the one the shipped bundle serves
+    variant = pick_variant(shipped, "auto", False, cpu_flags()).name
+    record, spec = fit_bundle(
+        staged, cfg.data.file, c.dev_articles, work, cfg.evaluate.threads or cpu_quota(), c.metric, variant
     )
+    fields = calibration_fields(record, spec)  # a fit the manifest would refuse stops the build here
+    set_calibration(staged, fields)  # the staged bundle then scores as the shipped one will
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "calibration.json").write_text(json.dumps(fields, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return fields
+
+
+def ship_stage(
+    cfg: BuildConfig,
+    staged: Path,
+    made: dict[str, Path],
+    common: dict[str, Any],
+    manifest_extra: dict[str, Any],
+) -> Path:
+    """Score every variant of the staged bundle on the test split (the files and code path the service will use),
+    then write the bundle of the shipped ones, with every score on record."""
+    work, exp, ev = Path(cfg.work_dir), cfg.export, cfg.evaluate
     test = load_examples(cfg.data.file, cfg.data.test_articles)
     if ev.max_examples:
         test = test[: ev.max_examples]
@@ -142,7 +168,7 @@ def ship_stage(
 def bundle_fields(
     cfg: BuildConfig, model_dir: Path, info: dict[str, Any], report: dict[str, Any], command: str
 ) -> dict[str, Any]:
-    """What every bundle of a build records, the shipped one and the calibration models'."""
+    """What every bundle of a build records, the staged one and the shipped one."""
     windows = cfg.windows
     return {
         "tokenizer": model_dir / "tokenizer.json",
@@ -175,13 +201,9 @@ def calibration_test_stage(bundle: Path, data: str, articles: str, out: Path) ->
 
 
 def train_stage(cfg: BuildConfig, base_dir: Path) -> Path:
-    """Fine-tune on the training articles (or resume, or reuse a finished run); returns the final checkpoint dir."""
-    return train_recipe(cfg, base_dir, cfg.data.train_articles, Path(cfg.work_dir) / "train")
-
-
-def train_recipe(cfg: BuildConfig, base_dir: Path, articles: str, train_dir: Path) -> Path:
-    """The config's recipe trained on `articles` in `train_dir`: a finished model there is reused (delete it to
+    """Fine-tune on the training articles in work_dir/train: a finished model there is reused (delete it to
     retrain; train() renames final/ into place only once it is whole), an interrupted one resumes."""
+    train_dir = Path(cfg.work_dir) / "train"
     final = train_dir / "final"
     if (final / "config.json").is_file():
         log.info("train: reusing finished %s", final)
@@ -192,7 +214,7 @@ def train_recipe(cfg: BuildConfig, base_dir: Path, articles: str, train_dir: Pat
             base_model=str(base_dir),
             train_file=cfg.data.file,
             output_dir=str(train_dir),
-            train_articles=articles,
+            train_articles=cfg.data.train_articles,
             max_seq_length=w.max_seq_length,
             doc_stride=w.doc_stride,
             max_query_length=w.max_query_length,
@@ -215,22 +237,18 @@ def english_sample() -> list[str]:
     return out
 
 
-def prune_stage(
-    cfg: BuildConfig, model_dir: Path, train_examples: Sequence[Example], out: Path | None = None, measure: bool = True
-) -> tuple[Path, dict[str, Any]]:
+def prune_stage(cfg: BuildConfig, model_dir: Path, train_examples: Sequence[Example]) -> tuple[Path, dict[str, Any]]:
     """Keep the vocabulary pieces Korean, English, digits and punctuation need (the same pieces for the same
-    examples, whichever model of the base); `measure` what it costs."""
+    examples, whichever model of the base), and measure what it costs on the test split's text and English."""
     p = cfg.prune
     spec = PruneSpec(ascii_top=p.ascii_top, latin_top=p.latin_top, other_top=p.other_top)
     train_texts = list(dict.fromkeys([e.context for e in train_examples] + [e.question for e in train_examples]))
-    samples = None
-    if measure:
-        test = load_examples(cfg.data.file, cfg.data.test_articles)
-        samples = {
-            "korquad_test_split": list(dict.fromkeys([e.context for e in test] + [e.question for e in test])),
-            "english_package_docs": english_sample(),
-        }
-    out = out or Path(cfg.work_dir) / "pruned"
+    test = load_examples(cfg.data.file, cfg.data.test_articles)
+    samples = {
+        "korquad_test_split": list(dict.fromkeys([e.context for e in test] + [e.question for e in test])),
+        "english_package_docs": english_sample(),
+    }
+    out = Path(cfg.work_dir) / "pruned"
     report = prune(model_dir, out, train_texts, spec, samples)
     log.info("pruned vocabulary: %s", report)
     return out, report
@@ -246,83 +264,7 @@ def trim_suffix_stage(cfg: BuildConfig, model_dir: Path, train_examples: list[Ex
     return [r.suffix for r in rules]
 
 
-# ---------------------------------------------------------------- calibration: same-recipe models, held out
-
-
-def calibrate_stage(cfg: BuildConfig, base_dir: Path, model_dir: Path, trim: Sequence[str]) -> dict[str, Any]:
-    """Platt calibration and the null threshold from same-recipe models, each scoring only articles it never
-    saw: one model without the dev slice, or one per fold (`calibrate.folds`)."""
-    c = cfg.calibrate
-    work = Path(cfg.work_dir) / "calibrate"
-    if c.folds:
-        splits = [
-            (fit, dev, work / name) for fit, dev, name in fold_splits(cfg.data.file, cfg.data.train_articles, c.folds)
-        ]
-    else:
-        splits = [(c.fit_articles, c.dev_articles, work)]
-    # the shipped model's vocabulary: a served calibration model then cuts the same windows as the shipped one
-    vocabulary = load_examples(cfg.data.file, cfg.data.train_articles)
-    parts = [(held_out_logits(cfg, base_dir, fit, dev, d, vocabulary), dev) for fit, dev, d in splits]
-    tokenizer = load_tokenizer(model_dir)
-    record, _ = fit_from_logits(parts, cfg.data.file, tokenizer, cfg.windows.spec, trim, c.margin, c.metric)
-    record["logits"] = c.logits
-    log.info("calibration: %s", record)
-    calibration_fields(record)  # refused here, not after the export's minutes
-    # read before the build goes on, e.g. to choose calibrate.margin from the cross-fitted figures (model card)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "calibration.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    return record
-
-
-def held_out_logits(
-    cfg: BuildConfig,
-    base_dir: Path,
-    fit_articles: str,
-    dev_articles: str,
-    fold_dir: Path,
-    vocabulary: Sequence[Example],
-) -> Path:
-    """A model of the recipe trained on `fit_articles` (fold_dir/train), run on `dev_articles`; the file is reused.
-
-    `calibrate.logits = "served"`: through the file the build would ship for that model (fold_dir/served, see
-    `served_bundle`), into served_logits.npz; "checkpoint": through PyTorch, into dev_logits.npz.
-    """
-    served = cfg.calibrate.logits == "served"
-    logits = fold_dir / ("served_logits.npz" if served else "dev_logits.npz")
-    if logits.is_file():
-        log.info("calibrate: reusing %s", logits)
-        return logits
-    if served and (fold_dir / "dev_logits.npz").is_file():
-        log.info(
-            "calibrate: %s holds a checkpoint's logits; calibrate.logits = 'served' needs the served file's, so "
-            "its model is bundled (and trained, if it is not there). Set calibrate.logits = 'checkpoint' to use them",
-            fold_dir,
-        )
-    fit_model = train_recipe(cfg, base_dir, fit_articles, fold_dir / "train")
-    dev = calibration_questions(cfg.data.file, dev_articles)
-    if not served:
-        return write_dev_logits(lambda exs: checkpoint_logits(fit_model, exs, cfg.windows.spec), dev, logits)
-    fit = load_examples(cfg.data.file, fit_articles)
-    bundle = served_bundle(cfg, fit_model, fit, vocabulary, fold_dir / "served")
-    threads = cfg.evaluate.threads or cpu_quota()
-    return write_dev_logits(ServedBundle.open(bundle, threads).logits, dev, logits)
-
-
-def served_bundle(
-    cfg: BuildConfig, model_dir: Path, fit_examples: Sequence[Example], vocabulary: Sequence[Example], out: Path
-) -> Path:
-    """A calibration model made into what the build ships, the same way: pruned to the vocabulary of
-    `vocabulary`, the shipped variants exported and quantized on its own training windows, and validated.
-    Quantization moves scores, so calibration must see the file that serves. out/bundle, reused."""
-    bundle = out / "bundle"
-    if (bundle / MANIFEST).is_file():
-        log.info("calibrate: reusing %s", bundle)
-        return bundle
-    if cfg.prune.enabled:
-        model_dir, _ = prune_stage(cfg, model_dir, vocabulary, out / "pruned", measure=False)
-    made, info, report = serving_files_stage(cfg, model_dir, out / "onnx", cfg.export.shipped, fit_examples)
-    fields = bundle_fields(cfg, model_dir, info, report, "model_export build (a calibration model)")
-    return write_bundle(bundle, onnx_files=made, **fields)
+# ---------------------------------------------------------------- serving files
 
 
 def serving_files_stage(

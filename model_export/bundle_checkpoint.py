@@ -2,8 +2,8 @@
 loads as it is.
 
 Open the checkpoint (model, fast tokenizer, windows) -> export -> fusions -> fp16 / int8 -> validate every variant
-against PyTorch -> bundle [-> score calibration and null threshold on held-out questions] [-> score each variant
-with the service's engine].
+against PyTorch -> bundle [-> its score map, fitted on its own served scores of questions it never trained on]
+[-> score each variant with the service's engine].
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from typing import Any, NamedTuple
 from tokenizers import Tokenizer
 
 from app.engine.windows import WindowSpec
-from app.settings import cpu_quota
 from model_export.bundle import BUNDLE_FILE_NAMES, write_bundle
-from model_export.calibrate import fit_from_logits
+from model_export.calibrate import calibration_questions, fit_bundle, trained_on
 from model_export.checkpoint import (
     ExportError,
     check_windows,
@@ -33,7 +32,6 @@ from model_export.checkpoint import (
 from model_export.config import ExportSection
 from model_export.data import ArticleRangeError, Example, article_count, cross_article_pairs, load_examples
 from model_export.export import load_qa_model
-from model_export.held_out import ServedBundle, calibration_questions, manifest_windows, write_dev_logits
 from model_export.metrics import CALIBRATION_METRIC, Metric
 from model_export.stages import (
     VARIANTS,
@@ -51,12 +49,11 @@ log = logging.getLogger(__name__)
 
 
 class CalibrationData(NamedTuple):
-    """Questions a model never trained on, to fit its score calibration and null threshold on."""
+    """Questions a model never trained on, to fit its score map on."""
 
     data: Path
     articles: str
     examples: list[Example]
-    margin: bool = False
     metric: Metric = CALIBRATION_METRIC  # whose exact match makes a top answer right
 
 
@@ -224,10 +221,11 @@ def score_bundle(bundle: Path, variants: list[str], evaluation: EvalData, work: 
 
 
 def calibration_data(
-    data: Path, articles: str | None, margin: bool = False, metric: Metric | None = None
+    data: Path, articles: str | None, metric: Metric | None = None, training: dict[str, Any] | None = None
 ) -> CalibrationData:
     """The answerable questions of `articles` of a SQuAD-format file; ValueError, saying why, when they cannot
-    calibrate: calibration pairs each question with another article's paragraph, so two articles are needed."""
+    calibrate: calibration pairs each question with another article's paragraph, so two articles are needed, and
+    the checkpoint's `training` record (its training.json) must not name any of them as trained on."""
     where = f"--calibrate-data {data} articles {articles or 'all'}"
     try:
         if articles is None:
@@ -241,26 +239,19 @@ def calibration_data(
         cross_article_pairs(examples, random.Random(0))  # what calibration will build from them
     except ValueError as e:
         raise ValueError(f"{where}: {len(examples)} answerable questions from fewer than two articles: {e}") from e
-    return CalibrationData(Path(data), articles, examples, margin, metric or CALIBRATION_METRIC)
+    if seen := trained_on(training or {}, data, articles):
+        raise ValueError(
+            f"{where}: the checkpoint trained on articles {seen} of them (its training.json); a score map fitted on "
+            "questions the model learned would be too sure of itself"
+        )
+    return CalibrationData(Path(data), articles, examples, metric or CALIBRATION_METRIC)
 
 
 def calibrate_bundle(
     bundle_dir: Path, held_out: CalibrationData, work: Path, threads: int | None = None
 ) -> dict[str, Any]:
-    """A bundle's score calibration and null threshold, fitted on questions its model never saw through the file
-    the service picks on this machine's CPU, as manifest fields. Each question runs with its own paragraph and
-    with another article's, as for the default bundle (`build.calibrate_stage`)."""
-    bundle = ServedBundle.open(bundle_dir, threads or cpu_quota())
-    logits = write_dev_logits(bundle.logits, held_out.examples, work / "held_out_logits.npz")
-    record, _ = fit_from_logits(
-        [(logits, held_out.articles)],
-        str(held_out.data),
-        bundle.tokenizer,
-        manifest_windows(bundle.manifest),
-        bundle.manifest.trim_suffixes,
-        held_out.margin,
-        held_out.metric,
-    )
-    record["served_by"] = bundle.served
-    log.info("calibration: %s", record)
-    return calibration_fields(record)
+    """A bundle's score map, fitted on questions its model never saw through the file the service picks on this
+    machine's CPU, as manifest fields; each question runs with its own paragraph and with another article's, as
+    the build calibrates (`build.calibrate_stage`)."""
+    record, spec = fit_bundle(bundle_dir, str(held_out.data), held_out.articles, work, threads, held_out.metric)
+    return calibration_fields(record, spec)

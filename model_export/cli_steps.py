@@ -1,5 +1,5 @@
 """The CLI's single-step verbs, flags and handlers only (`__main__` registers them): export, quantize and validate
-run one stage of the pipelines; evaluate, score and calibrate measure a model."""
+run one stage of the pipelines; evaluate and score measure a model, calibrate measures or fits its score map."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from app.engine.bundle import BundleError
-from model_export.calibrate import fit_files, measure_bundle
+from app.engine.bundle import BundleError, read_manifest
+from model_export.calibrate import fit_bundle, measure_bundle, trained_on
 from model_export.config import add_window_flags, window_flags
 from model_export.evaluate import evaluate_model
 from model_export.export import ExportError
 from model_export.metrics import CALIBRATION_METRIC, METRICS, questions_and_predictions, score
 from model_export.quantize import quantize_int8
-from model_export.stages import export_stage, validate_export
+from model_export.stages import calibration_fields, export_stage, set_calibration, validate_export
 from model_export.validate import ValidationFailed
 
 # ---------------------------------------------------------------- evaluate / score
@@ -93,62 +93,58 @@ def add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    bundle, out = Path(args.bundle), Path(args.out)
     try:
-        if args.bundle:
-            if len(args.articles) != 1:
-                raise SystemExit("calibrate --bundle: give one --articles range (the test split)")
-            result = measure_bundle(Path(args.bundle), args.data, args.articles[0], Path(args.out), metric=args.metric)
+        if not args.fit:
+            result = measure_bundle(bundle, args.data, args.articles, out, args.threads, args.metric)
         else:
-            if not (args.logits and args.tokenizer):
-                raise SystemExit("calibrate: give --logits and --tokenizer to fit, or --bundle to measure")
-            result = fit_files(
-                [Path(f) for f in args.logits],
-                args.articles,
-                args.data,
-                args.tokenizer,
-                window_flags(args),
-                args.trim_suffixes,
-                Path(args.out),
-                margin=args.margin,
-                metric=args.metric or CALIBRATION_METRIC,
-            )
-    except (OSError, ValueError, KeyError, BundleError) as e:  # a missing file, a bad range, not a bundle
+            manifest = read_manifest(bundle)
+            if seen := trained_on(manifest.training, args.data, args.articles):
+                print(
+                    f"calibrate: --fit on articles {args.articles}: the bundle's model trained on {seen} of them "
+                    "(its manifest's training record); fit on articles it never saw",
+                    file=sys.stderr,
+                )
+                return 2
+            metric = args.metric or CALIBRATION_METRIC
+            record, spec = fit_bundle(bundle, args.data, args.articles, out, args.threads, metric)
+            fields = calibration_fields(record, spec)
+            set_calibration(bundle, fields)  # atomically; no file changes, so the hashes still hold
+            (out / "calibration.json").write_text(json.dumps(fields, indent=1, ensure_ascii=False), encoding="utf-8")
+            result = fields
+    except (OSError, ValueError, KeyError, BundleError, ExportError) as e:  # a missing file, a bad range, not a bundle
         print(f"calibrate: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1, ensure_ascii=False))
     return 0
 
 
 def add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "calibrate",
-        help="fit score calibration and the null threshold on held-out articles, or measure a bundle's",
+        help="measure a bundle's score map on some articles (the test split), or fit it there with --fit",
+        description="Runs the answerable questions of --articles through the bundle's served file as the CPU service "
+        "runs it, each over its own paragraph and over another article's. By default it measures the bundle's map "
+        "there (calibration_test.json, reliability_test.png in --out). With --fit it instead fits the map on those "
+        "articles by the rule of docs/calibration.md and writes it into the bundle's manifest (calibration.json, "
+        "reliability_dev.png and the logits in --out); the articles must be ones the model never trained on.",
     )
+    p.add_argument("--bundle", required=True, help="the bundle directory (manifest.json)")
+    p.add_argument("--data", required=True, help="SQuAD-format JSON holding the articles")
+    p.add_argument("--articles", required=True, help="article range, two articles at least, e.g. 112:140")
     p.add_argument(
-        "--logits",
-        nargs="+",
-        default=[],
-        help="fit: npz files of own/ and cross/ per-window logits (model_export build writes them), one per model",
+        "--fit",
+        action="store_true",
+        help="fit the bundle's score map on --articles (held out from its training) and record it in its manifest",
     )
-    p.add_argument("--bundle", help="measure instead: a bundle's figures with its own calibration and threshold")
-    p.add_argument("--data", required=True, help="SQuAD-format JSON holding the dev articles")
-    p.add_argument(
-        "--articles",
-        nargs="+",
-        default=["100:112"],
-        help="fit: the articles each --logits file's model never saw, in the same order; --bundle: the test split",
-    )
-    p.add_argument("--tokenizer", help="fit: dir with the model's tokenizer.json")
-    p.add_argument("--trim-suffixes", nargs="*", default=[], help="the bundle's trim_suffixes")
-    p.add_argument("--margin", action="store_true", help="fit the null margin's weight too (calibrate.margin)")
     p.add_argument(
         "--metric",
         choices=METRICS,
-        help="whose exact match makes an answer right: korquad (the default when fitting) or squad, which also "
-        "drops English articles (a, an, the); --bundle: by default the one its calibration was fitted with",
+        help="whose exact match makes an answer right: korquad or squad, which also drops English articles (a, an, "
+        "the); default: --fit korquad, else the one the bundle's map was fitted with",
     )
-    add_window_flags(p)
-    p.add_argument("--out", required=True, help="calibration[_test].json and reliability_{dev,test}.png")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPUs this process may use)")
+    p.add_argument("--out", required=True, help="directory for the figures, the plot and (--fit) the logits")
     p.set_defaults(func=cmd_calibrate)
 
 

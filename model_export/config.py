@@ -15,7 +15,7 @@ from typing import Any, Literal, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from app.engine.windows import WindowSpec
-from model_export.data import article_count, article_folds, articles_spec, parse_articles
+from model_export.data import article_count, articles_spec, parse_articles
 from model_export.metrics import CALIBRATION_METRIC, Metric
 
 log = logging.getLogger(__name__)
@@ -191,37 +191,19 @@ class ValidateSection(_Section):
 
 
 class CalibrateSection(_Section):
-    """Score calibration and the null threshold, fitted on questions the fitting model never trained on.
+    """The shipped model's score map (docs/calibration.md), fitted on its own served scores of `dev_articles`:
+    articles of the data file it never trained on, run through the file it ships (work_dir/calibrate).
 
-    With `folds = 0`, a model of the same recipe is trained on `fit_articles` only and the fit uses its
-    logits on `dev_articles` (work_dir/calibrate/dev_logits.npz, reused). With `folds = K` (K >= 2), K models
-    are trained, each without one contiguous block of the training articles, and the fit uses every
-    training question, scored by the model that did not see its article (work_dir/calibrate/fold-I-of-K/
-    dev_logits.npz, reused): K times the training, and every training article's worth of fitting data.
-
-    `logits = "served"` runs those questions through the file the bundle ships, on the runtime that serves it:
-    each calibration model is pruned, exported, quantized and validated as the shipped model is
-    (served_logits.npz, reused). Quantization moves the scores themselves (on fold 1 of the default recipe
-    static int8 lowered the mean top score from 0.60 to 0.57), so a map fitted on PyTorch's scores misfits
-    the served ones. `"checkpoint"` takes the PyTorch checkpoint's logits (dev_logits.npz), which is what the
-    GPU script returns.
+    Articles the model trains on would make its scores look surer than they are on new text, and a map fitted on
+    another model's scores does not transfer (MODEL_CARD.md), so `dev_articles` must share no article with
+    `data.train_articles` or `data.test_articles`; and it needs two articles at least, since each question is
+    also paired with another article's paragraph for the probability of no answer.
     """
 
     enabled: bool = False
-    fit_articles: str = "0:100"
     dev_articles: str = "100:112"
-    folds: int = Field(0, ge=0)
-    logits: Literal["served", "checkpoint"] = "served"
-    # the map's inputs: the span's share only (Platt's a, b), or its null margin too (c; app.engine.spans.calibrated)
-    margin: bool = False
     # whose exact match makes a top answer right: squad also drops English articles (a, an, the)
     metric: Metric = CALIBRATION_METRIC
-
-    @model_validator(mode="after")
-    def _folds_are_several(self) -> CalibrateSection:
-        if self.folds == 1:
-            raise ValueError("calibrate.folds is 0 (one dev slice) or at least 2")
-        return self
 
 
 class EvaluateSection(_Section):
@@ -307,26 +289,12 @@ def load_build_config(path: Path, overrides: list[str] | None = None) -> BuildCo
 # ---------------------------------------------------------------- article splits against the data file
 
 
-def fold_splits(data_file: str, train_articles: str, folds: int) -> list[tuple[str, str, str]]:
-    """(fit articles, held-out articles, dir name under work_dir/calibrate) of each calibration fold; the GPU
-    script trains the same folds and returns the same layout."""
-    n_articles = article_count(data_file)
-    splits = article_folds(train_articles, folds, n_articles)
-    if any(len(parse_articles(held, n_articles)) < 2 for _, held in splits):
-        # before any training: each block needs cross-article pairs for the null threshold
-        raise ValueError(f"calibrate.folds = {folds}: every fold must hold out at least two articles")
-    return [(fit, held, f"fold-{i}-of-{folds}") for i, (fit, held) in enumerate(splits, start=1)]
-
-
 def check_splits(cfg: BuildConfig, held_out: dict[str, tuple[str, str]] | None = None) -> None:
     """Raise ConfigError, before any training, on article ranges that the build would trip on hours later or
-    that would spoil a held-out set: a range that selects no article, test articles that are also trained,
-    calibrated or tuned on, a dev slice its own model trains on, folds too small to calibrate. `held_out`
-    names more (fit, dev) pairs, a sweep's; the calibration dev slice is one when it is enabled."""
+    that would spoil a held-out set: a range that selects no article, test articles that are also trained on,
+    a calibration slice that is trained on, tested on or holds fewer than two articles. `held_out` names more
+    (fit, dev) pairs, a sweep's."""
     d, c = cfg.data, cfg.calibrate
-    pairs = dict(held_out or {})
-    if c.enabled and not c.folds:
-        pairs["calibrate"] = (c.fit_articles, c.dev_articles)
     try:
         n = article_count(d.file)
 
@@ -334,13 +302,20 @@ def check_splits(cfg: BuildConfig, held_out: dict[str, tuple[str, str]] | None =
             if shared := sorted(set(parse_articles(a[1], n)) & set(parse_articles(b[1], n))):
                 raise ValueError(f"{a[0]} and {b[0]} share articles {articles_spec(shared)}")
 
-        test = ("data.test_articles", d.test_articles)
-        clash(("data.train_articles", d.train_articles), test)
-        for name, (fit, dev) in pairs.items():
+        train, test = ("data.train_articles", d.train_articles), ("data.test_articles", d.test_articles)
+        clash(train, test)
+        if c.enabled:
+            dev = ("calibrate.dev_articles", c.dev_articles)
+            clash(train, dev)  # the shipped model would be calibrated on articles it learned
+            clash(dev, test)
+            if len(set(parse_articles(c.dev_articles, n))) < 2:
+                raise ValueError(
+                    f"calibrate.dev_articles {c.dev_articles!r} holds one article; calibration pairs each question "
+                    "with another article's paragraph, so it needs two at least"
+                )
+        for name, (fit, held) in (held_out or {}).items():
             clash((f"{name}.fit_articles", fit), test)
-            clash((f"{name}.dev_articles", dev), test)
-            clash((f"{name}.fit_articles", fit), (f"{name}.dev_articles", dev))
-        if c.enabled and c.folds:
-            fold_splits(d.file, d.train_articles, c.folds)
+            clash((f"{name}.dev_articles", held), test)
+            clash((f"{name}.fit_articles", fit), (f"{name}.dev_articles", held))
     except (OSError, ValueError, LookupError, TypeError) as e:
         raise ConfigError(f"data.file {d.file}: {e}") from e

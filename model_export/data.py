@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 from collections.abc import Iterator, Sequence
@@ -66,23 +65,6 @@ def articles_spec(articles: Sequence[int]) -> str:
         else:
             runs.append([a, a + 1])
     return ",".join(f"{lo}:{hi}" for lo, hi in runs)
-
-
-def article_folds(spec: str, folds: int, n_articles: int) -> list[tuple[str, str]]:
-    """(fit, held-out) article specs of `folds` contiguous blocks of `spec`: each article is held out once.
-
-    Blocks are contiguous rather than interleaved so that a fold's held-out articles, like the test
-    split, are whole stretches of the file the fold model never saw.
-    """
-    articles = parse_articles(spec, n_articles)
-    if not 2 <= folds <= len(articles):
-        raise ValueError(f"{folds} folds need 2 to {len(articles)} articles' worth of blocks")
-    bounds = [round(i * len(articles) / folds) for i in range(folds + 1)]
-    out = []
-    for lo, hi in itertools.pairwise(bounds):
-        held = articles[lo:hi]
-        out.append((articles_spec(articles[:lo] + articles[hi:]), articles_spec(held)))
-    return out
 
 
 def load_squad(path: Path, articles: str | None = None) -> list[Example]:

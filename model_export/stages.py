@@ -3,6 +3,7 @@ quantize -> validate against PyTorch -> score each variant, and the manifest fie
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shlex
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import FiniteFloat, TypeAdapter, ValidationError
 
-from app.engine.bundle import Manifest, RuntimeName, Score, ScoreCalibration, read_manifest
+from app.engine.bundle import Manifest, RuntimeName, Score, ScoreCalibration, ScoreMapSpec, read_manifest
 from app.engine.windows import PairTokenizer, WindowSpec, encode_windows, pad_batch, pad_token_id
 from model_export.bundle import BUNDLE_FILE_NAMES, rewrite_manifest
 from model_export.checkpoint import ExportError, load_fast_tokenizer, save_backend_tokenizer
@@ -39,6 +40,11 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 def variant_runtimes(exp: ExportSection) -> dict[str, RuntimeName]:
     """Variants built for a runtime other than ONNX Runtime: static int8 is a QDQ graph for OpenVINO."""
     return {"int8": "openvino"} if exp.int8_method == "static" else {}
+
+
+def static_int8_available() -> bool:
+    """Whether static int8 can be built and served here: NNCF quantizes, OpenVINO runs (found, not imported)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("nncf", "openvino"))
 
 
 def int8_description(exp: ExportSection) -> str:
@@ -205,14 +211,30 @@ def set_scores(bundle_dir: Path, scores: Sequence[Score | dict[str, Any]]) -> Ma
     return manifest
 
 
-def calibration_fields(record: dict[str, Any]) -> dict[str, Any]:
-    """The manifest fields a fitted calibration record sets. Raises ExportError on a fit the manifest would
-    refuse: not finite (a model that never answers its held-out questions), or scores against the ranking."""
+def set_calibration(bundle_dir: Path, fields: dict[str, Any]) -> Manifest:
+    """Record a fitted calibration (`calibration_fields`) in a written bundle's manifest, atomically; no file
+    changes, so its hashes still hold. A test-split measurement of an earlier map (`calibration_test`) is dropped:
+    it no longer describes the bundle's scores."""
+    raw = read_manifest(bundle_dir).model_dump()
+    if raw.pop("calibration_test", None) is not None:
+        log.info("%s: calibration_test measured the previous map; dropped", bundle_dir)
+    manifest = Manifest.model_validate(raw | fields)
+    rewrite_manifest(bundle_dir, manifest)
+    return manifest
+
+
+def calibration_fields(record: dict[str, Any], score_map: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest fields a fitted calibration sets: `score_map` (when given), the legacy `score_calibration` and
+    `null_threshold` the record carries for servers from before it, and the record itself. Raises ExportError on a
+    fit the manifest would refuse: not finite (a model that never answers its held-out questions), or scores
+    against the ranking."""
     try:
         fitted = {
             "score_calibration": TypeAdapter(ScoreCalibration).validate_python(tuple(record["score_calibration"])),
             "null_threshold": TypeAdapter(FiniteFloat).validate_python(record["null_threshold"]),
         }
+        if score_map is not None:
+            fitted = {"score_map": ScoreMapSpec.model_validate(score_map).model_dump()} | fitted
     except ValidationError as e:
         raise ExportError(f"calibration failed; does the model answer at all? {e}\nrecord: {record}") from e
     return fitted | {"calibration": record}

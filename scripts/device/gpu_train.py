@@ -1,18 +1,16 @@
-"""Issue 9's training on a rented GPU, inside one short call: sweep, pick, calibration logits, final run, pack.
+"""Issue 9's training on a rented GPU, inside one short call: [sweep, pick,] final run, pack. Training only.
 
-Everything a CPU build does with `python -m model_export build configs/korquad-e5-small.toml` happens here with
+The training a CPU build does with `python -m model_export build configs/korquad-e5-small.toml` happens here with
 the same code (model_export.train); only the device differs. What comes back:
-  results.jsonl / results.md  every trial's dev-slice scores by epoch
-  dev_logits.npz              the chosen recipe's fit-split model on the dev slice: own paragraphs and
-                              cross-article pairs (for the null threshold and the temperature, fitted on the CPU)
-  delta-*.npz                 final (trained on all training articles) minus base, fp16, under the file limit
+  results.jsonl               every trial's dev-slice scores by epoch (with the sweep)
+  delta-*.npz                 final (trained on the config's training articles) minus base, fp16, under the file limit
   final.json                  its training record
-  calibrate/fold-I-of-K/dev_logits.npz
-                              with --folds K: each fold model's logits on the articles it was trained without
-                              (the build's calibrate.folds; copy calibrate/ into the build's work_dir to reuse)
+Calibration is not done here: the build fits the shipped model's score map on its own served file, on the CPU,
+after the export (docs/calibration.md). Rebuild the checkpoint with `apply_delta`, put it in the build's
+work_dir/train/final, and the build reuses it.
 
     python scripts/device/gpu_train.py --base BASE_DIR --data TRAIN_JSON --out OUT [--budget-s 300]
-    python scripts/device/gpu_train.py ... --no-sweep --no-final --folds 4   # out-of-fold calibration only
+    python scripts/device/gpu_train.py ... --no-sweep   # the config's [train] recipe only
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,24 +26,28 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from model_export.config import BuildConfig, TrainConfig, load_build_config
-from model_export.data import load_examples
-from model_export.held_out import checkpoint_logits, write_dev_logits
+from model_export.config import BuildConfig, load_build_config
 from model_export.sweep import best_trial, run_sweep, trial_config
+from model_export.train import TrainingStopped, train
 
 log = logging.getLogger("gpu_train")
 FILE_LIMIT = 15 * 2**20
 
 
+def base_key(name: str) -> str:
+    """A QA checkpoint's tensor name as the base encoder names it ("bert.encoder..." -> "encoder...")."""
+    return name.split(".", 1)[1] if name.startswith("bert.") else name
+
+
 def pack_delta(final_dir: Path, base_dir: Path, out: Path) -> list[Path]:
     """(final - base) in fp16, embedding rows that moved only; split into files under the transfer limit."""
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load_file  # noqa: PLC0415 - export extra (safetensors), as in model_export
 
     final = load_file(str(final_dir / "model.safetensors"))
     base = load_file(str(base_dir / "model.safetensors"))
     arrays: list[tuple[str, np.ndarray]] = []
     for name, w in final.items():
-        b = base.get(name.split(".", 1)[1] if name.startswith("bert.") else name)
+        b = base.get(base_key(name))
         if b is None or b.shape != w.shape:
             arrays.append((f"full/{name}", w.astype(np.float32)))
             continue
@@ -74,8 +75,8 @@ def pack_delta(final_dir: Path, base_dir: Path, out: Path) -> list[Path]:
 
 def apply_delta(base_dir: Path, delta_files: list[Path], out: Path) -> Path:
     """The inverse of pack_delta, run on the CPU side: base + delta -> a Hugging Face QA checkpoint dir."""
-    from safetensors.numpy import load_file, save_file
-    from transformers import AutoConfig
+    from safetensors.numpy import load_file, save_file  # noqa: PLC0415 - export extra, as in model_export
+    from transformers import AutoConfig  # noqa: PLC0415 - export extra, as in model_export
 
     base = load_file(str(base_dir / "model.safetensors"))
     loaded: dict[str, np.ndarray] = {}
@@ -88,14 +89,14 @@ def apply_delta(base_dir: Path, delta_files: list[Path], out: Path) -> Path:
         if kind == "full":
             tensors[name] = a
         elif kind == "delta":
-            tensors[name] = base[name.split(".", 1)[1]] + a.astype(np.float32)
+            tensors[name] = base[base_key(name)] + a.astype(np.float32)
     for key in [k for k in loaded if k.startswith("rows/")]:
         name = key.split("/", 1)[1]
         rows = loaded[key]
         parts = sorted(
             (int(k.split("/")[1]), v) for k, v in loaded.items() if k.startswith("rowdelta/") and k.endswith(name)
         )
-        w = base[name.split(".", 1)[1]].copy()
+        w = base[base_key(name)].copy()
         w[rows] += np.concatenate([v for _, v in parts]).astype(np.float32)
         tensors[name] = w
     out.mkdir(parents=True, exist_ok=True)
@@ -109,35 +110,15 @@ def apply_delta(base_dir: Path, delta_files: list[Path], out: Path) -> Path:
     return out
 
 
-def sweep_and_dev_logits(
+def sweep(
     cfg: BuildConfig, args: argparse.Namespace, out: Path, work: Path, t0: float
 ) -> tuple[str, dict[str, object]]:
-    """The sweep's trials on the dev slice, the best one's dev logits; returns its name and recipe overrides."""
+    """The sweep's trials on its dev slice; returns the best one's name and recipe overrides."""
     results = run_sweep(cfg, args.base, Path(args.trials), work / "sweep", args.budget_s)
     (out / "results.jsonl").write_bytes((work / "sweep" / "results.jsonl").read_bytes())
     best = best_trial(results)
     log.info("best trial %s after %.0f s", best["name"], time.monotonic() - t0)
-
-    windows = TrainConfig.from_record(json.loads(Path(best["dir"], "training.json").read_text())["config"]).windows
-    dev = load_examples(args.data, best["dev_articles"])
-    write_dev_logits(lambda exs: checkpoint_logits(Path(best["dir"]), exs, windows), dev, out / "dev_logits.npz")
-    log.info("dev logits written after %.0f s", time.monotonic() - t0)
     return best["name"], dict(best["overrides"])
-
-
-def fold_logits(cfg: BuildConfig, args: argparse.Namespace, out: Path, work: Path, t0: float) -> None:
-    """The build's out-of-fold calibration models, trained here; only their logits go back. They are the PyTorch
-    checkpoints' (this host has no exporter or OpenVINO): the build uses them with calibrate.logits = 'checkpoint'."""
-    from model_export.build import held_out_logits
-    from model_export.config import fold_splits
-
-    cfg = cfg.model_copy(update={"calibrate": cfg.calibrate.model_copy(update={"logits": "checkpoint"})})
-    training = load_examples(args.data, cfg.data.train_articles)
-    for fit, held, name in fold_splits(args.data, cfg.data.train_articles, args.folds):
-        logits = held_out_logits(cfg, Path(args.base), fit, held, work / name, training)
-        (out / "calibrate" / name).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(logits, out / "calibrate" / name / "dev_logits.npz")
-        log.info("fold %s (held out %s) after %.0f s", name, held, time.monotonic() - t0)
 
 
 def main() -> int:
@@ -153,7 +134,6 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny steps and examples: check the plumbing on a CPU")
     ap.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True, help="else the config's [train]")
     ap.add_argument("--final", action=argparse.BooleanOptionalAction, default=True, help="train, pack the final model")
-    ap.add_argument("--folds", type=int, default=0, help="also the out-of-fold calibration models' logits")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a build config override")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -167,13 +147,9 @@ def main() -> int:
     cfg = load_build_config(Path(args.config), overrides)
     trial, recipe = "the config's [train]", {}
     if args.sweep:
-        trial, recipe = sweep_and_dev_logits(cfg, args, out, work, t0)
-    if args.folds:
-        fold_logits(cfg.model_copy(update={"train": cfg.train.model_copy(update=recipe)}), args, out, work, t0)
+        trial, recipe = sweep(cfg, args, out, work, t0)
     if not args.final:
         return 0
-
-    from model_export.train import train
 
     if args.final_epochs:
         recipe["epochs"] = args.final_epochs
@@ -196,8 +172,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from model_export.train import TrainingStopped
-
     try:
         raise SystemExit(main())
     except TrainingStopped as e:  # checkpoint saved: the same command resumes

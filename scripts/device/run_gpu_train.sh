@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call (see scripts/device/gpu_train.py): carry .whl (transformers 4.57 and friends, the versions
 # pyproject pins) and .gpu (the 4-bit-packed pruned base and the training articles only). Arguments go to
-# gpu_train.py: `bash scripts/device/run_gpu_train.sh --no-sweep --no-final --folds 4` trains only the
-# out-of-fold calibration models (4 x ~1 min on an H200) and returns calibrate/fold-*/dev_logits.npz.
+# gpu_train.py: `bash scripts/device/run_gpu_train.sh --no-sweep` trains the config's recipe only and returns the
+# delta and final.json. The call only trains: the build calibrates the shipped model on the CPU, on its served file.
 set -uo pipefail
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -5,6 +5,7 @@ The command runs in this process (its `main`); each architecture's checkpoint an
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import signal
@@ -18,14 +19,14 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import ErnieConfig, ErnieForQuestionAnswering
 
+import model_export.__main__ as cli
 from app.engine.bundle import BundleError, verify_bundle
-from app.engine.spans import calibrated
 from app.main import create_app
 from app.settings import Settings
 from model_export import evaluate
 from model_export.__main__ import main
-from model_export.bundle import rewrite_manifest
 from model_export.data import load_examples, load_squad
+from tests.integration.test_build_cli import check_served_scores_follow_the_map
 from tests.integration.test_service import wait_ready
 from tests.integration.test_uvicorn import call, free_port, start
 from tests.integration.test_uvicorn import wait_ready as wait_server_ready
@@ -59,8 +60,11 @@ def korean_pair() -> tuple[str, str]:
     return e.question, e.context
 
 
-def bundle(ckpt: Path, out: Path, *extra: str) -> int:
-    return main(["bundle", str(ckpt), "--out", str(out), *WINDOW_FLAGS, "--offline", *extra])
+def bundle(ckpt: Path, out: Path, *extra: str, int8: str | None = "dynamic") -> int:
+    """The command on a checkpoint; dynamic int8 unless `int8` says otherwise (None: the command's default, static
+    where OpenVINO and NNCF are installed): the architectures' tests are about the export, not the int8 recipe."""
+    method = ["--int8-method", int8] if int8 else []
+    return main(["bundle", str(ckpt), "--out", str(out), *WINDOW_FLAGS, "--offline", *method, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -156,41 +160,63 @@ def test_bundle_scores_with_eval_data(checkpoint: Callable[[str], Path], tmp_pat
 
 
 def test_bundle_calibrates_on_held_out_questions(checkpoint: Callable[[str], Path], tmp_path: Path) -> None:
-    """--calibrate-data fits the score map and the null threshold through the served file and records them in
-    the manifest, which still verifies (no file changed); the service then applies them."""
+    """--calibrate-data fits the score map through the served file (the default int8 here: static, on OpenVINO, as
+    the shipped model), by the rule, and records it in the manifest, which still verifies; the service then scores
+    by it."""
     ckpt = checkpoint("bert")
     out = tmp_path / "bundle"
     flags = ["--variants", "int8", "--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "0:2"]
-    assert bundle(ckpt, out, *flags, "--calibrate-metric", "squad", "--threads", "1") == 0
+    assert bundle(ckpt, out, *flags, "--calibrate-metric", "squad", "--threads", "1", int8=None) == 0
     m = verify_bundle(out)
     record = m.calibration
     assert record["metric"] == "squad"
     n = len(load_examples(str(KORQUAD_DEV), "0:2"))
-    assert record["fitted_on"] == "KorQuAD_v1.0_dev.json articles 0:2" and record["fit_models"] == 1
+    assert record["fitted_on"] == "KorQuAD_v1.0_dev.json articles 0:2"
     assert record["n_answerable"] == record["n_cross_article"] == n
-    assert list(m.score_calibration) == record["score_calibration"] != [1.0, 0.0]
-    assert m.null_threshold == record["null_threshold"]
-    assert record["served_by"]["file"] == "model.int8.onnx"
-    assert (tmp_path / "bundle.work" / "calibrate" / "held_out_logits.npz").is_file()
-
-    # the same bundle with the identity map: the service must serve the same spans, each score the map of the raw
-    # share (a tiny random model may still be right on a one-character answer, so no EM is assumed)
-    raw_dir = tmp_path / "raw"
-    shutil.copytree(out, raw_dir)
-    rewrite_manifest(raw_dir, m.model_copy(update={"score_calibration": (1.0, 0.0)}))
+    assert record["served_by"]["file"] == "model.int8.onnx" and m.files["model.int8.onnx"].runtime == "openvino"
+    assert record["served_by"]["runtime"] == "openvino" and record["served_by"]["windows_per_call"] == 1
+    spec = m.score_map
+    assert spec is not None and spec.kind == spec.model_extra["chosen"]  # type: ignore[index]
+    assert spec.model_extra["fitted_on"] == record["fitted_on"]  # type: ignore[index]
+    assert "(model.int8.onnx, openvino)" in spec.model_extra["held_out"]  # type: ignore[index]
+    assert list(m.score_calibration) == record["score_calibration"] and m.null_threshold == record["null_threshold"]
+    assert (tmp_path / "bundle.work" / "calibrate" / "served_logits.npz").is_file()
     question, context = korean_pair()
-    answers = {}
-    for name, model_dir in (("calibrated", out), ("raw", raw_dir)):
-        with TestClient(create_app(Settings(model_dir=model_dir, intra_op_threads=1))) as client:
-            wait_ready(client)
-            body = client.post("/answer", json={"question": question, "context": context, "top_k": 3}).json()
-        answers[name] = body["answers"]
-    assert answers["raw"] and [(a["start"], a["end"]) for a in answers["raw"]] == [
-        (a["start"], a["end"]) for a in answers["calibrated"]
-    ]
-    for raw, cal in zip(answers["raw"], answers["calibrated"], strict=True):
-        assert cal["score"] == pytest.approx(calibrated(raw["score"], m.score_calibration), abs=1e-6)
-    assert [a["score"] for a in answers["raw"]] != [a["score"] for a in answers["calibrated"]]
+    check_served_scores_follow_the_map(out, tmp_path, question, context)
+
+
+def test_a_checkpoint_is_not_calibrated_on_articles_it_trained_on(
+    checkpoint: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """model_export train records its articles in training.json: --calibrate-articles among them is refused before
+    any export, since a map fitted on questions the model learned would be too sure of itself."""
+    ckpt = Path(shutil.copytree(checkpoint("bert"), tmp_path / "ckpt"))
+    record = {"config": {"train_file": str(KORQUAD_DEV), "train_articles": "0:100"}}
+    (ckpt / "training.json").write_text(json.dumps(record))
+    flags = ["--variants", "fp32", "--calibrate-data", str(KORQUAD_DEV), "--calibrate-articles", "98:102"]
+    assert bundle(ckpt, tmp_path / "bundle", *flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bundle: invalid flags:") and "the checkpoint trained on articles 98:100 of them" in err
+    assert not (tmp_path / "bundle.work").exists()
+
+
+def test_bundle_help_lists_the_choices_and_the_int8_default(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--variants lists its choices; --int8-method defaults to static (the shipped model's) where OpenVINO and NNCF
+    are installed, else to dynamic, and the help says which."""
+    for installed, default in ((True, "static"), (False, "dynamic")):
+        monkeypatch.setattr(cli, "static_int8_available", lambda installed=installed: installed)
+        with pytest.raises(SystemExit):
+            main(["bundle", "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--variants {fp32,fp16,int8} [{fp32,fp16,int8} ...]" in text
+        assert "--int8-method {static,dynamic}" in text
+        assert f"Default static where OpenVINO and NNCF are installed, else dynamic (here: {default})" in text
+        assert cli.make_parser().parse_args(["bundle", "m", "--out", "o"]).int8_method == default
+    monkeypatch.undo()
+    want = "static" if all(importlib.util.find_spec(n) for n in ("openvino", "nncf")) else "dynamic"
+    assert cli.make_parser().parse_args(["bundle", "m", "--out", "o"]).int8_method == want
 
 
 @pytest.mark.parametrize(
@@ -283,8 +309,10 @@ def test_validation_failure_exits_non_zero_with_the_numbers(
 
 
 def test_bad_variant_flag_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert bundle(tmp_path, tmp_path / "bundle", "--variants", "int4") == 2
-    assert "int4" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse's choices: the usage and the error, status 2
+        bundle(tmp_path, tmp_path / "bundle", "--variants", "int4")
+    assert e.value.code == 2
+    assert "argument --variants: invalid choice: 'int4'" in capsys.readouterr().err
 
 
 def test_tampered_bundle_from_the_command_is_refused_by_the_service(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def raw(name: str = "tiny-smoke.toml") -> dict:
 def test_shipped_configs_parse(name: str) -> None:
     cfg = load_build_config(CONFIGS / name)
     assert isinstance(cfg, BuildConfig)
-    assert cfg.data.train_articles == "0:112" and cfg.data.test_articles == "112:140"
+    # the shipped recipe leaves 100-111 out of training to calibrate on (docs/calibration.md)
+    assert cfg.data.train_articles == "0:100" and cfg.data.test_articles == "112:140"
+    assert cfg.calibrate.dev_articles == "100:112"
 
 
 def test_shipped_config_values_arrive_typed() -> None:
@@ -38,8 +41,8 @@ def test_shipped_config_values_arrive_typed() -> None:
     assert cfg.export.calibration_windows == 128
     assert cfg.train.learning_rate == 1e-4 and cfg.train.negatives == 0.5  # type: ignore[attr-defined]
     assert cfg.train.freeze_word_embeddings is False  # type: ignore[attr-defined]
-    assert cfg.calibrate.enabled and cfg.calibrate.fit_articles == "0:100" and cfg.calibrate.dev_articles == "100:112"
-    assert cfg.calibrate.logits == "served" and cfg.validate_.tolerance_overrides() == {}
+    assert cfg.calibrate.enabled and cfg.calibrate.metric == "korquad" and cfg.validate_.tolerance_overrides() == {}
+    assert cfg.work_dir == "runs/korquad-e5-small"
     assert cfg.prune.enabled and cfg.decode.trim_suffixes == "learn" and cfg.windows.max_seq_length == 384
     tiny = load_build_config(CONFIGS / "tiny-smoke.toml")
     assert tiny.validate_.tolerance_overrides() == {
@@ -69,7 +72,7 @@ def test_unknown_keys_are_rejected_by_name(section: str | None, key: str) -> Non
         ("export.variants", ["fp32", "int4"], "'fp32', 'fp16' or 'int8'"),
         ("prune.enabled", "yes", "valid boolean"),
         ("evaluate.batch_size", 0, "greater than or equal to 1"),
-        ("calibrate.logits", "pytorch", "'served' or 'checkpoint'"),
+        ("calibrate.dev_articles", 100, "valid string"),
         ("calibrate.metric", "bleu", "'squad' or 'korquad'"),
     ],
 )
@@ -89,13 +92,14 @@ def test_shipping_a_variant_that_is_not_built_is_rejected() -> None:
         parse_build_config(cfg)
 
 
-def test_calibration_folds_are_none_or_several() -> None:
-    cfg = raw()
-    cfg.setdefault("calibrate", {})["folds"] = 1
-    with pytest.raises(ConfigError, match=r"calibrate\.folds is 0"):
+@pytest.mark.parametrize("key", ["fit_articles", "folds", "logits", "margin"])
+def test_the_removed_calibration_keys_are_refused_by_name(key: str) -> None:
+    """The separate calibration models (fit_articles, folds) and their logits' source went with the new design: a
+    config that still sets them asks for something the build no longer does."""
+    cfg = raw("korquad-e5-small.toml")
+    cfg["calibrate"][key] = {"fit_articles": "0:100", "folds": 4, "logits": "served", "margin": True}[key]
+    with pytest.raises(ConfigError, match=rf"calibrate\.{key}: unknown key"):
         parse_build_config(cfg)
-    cfg["calibrate"]["folds"] = 4
-    assert parse_build_config(cfg).calibrate.folds == 4
 
 
 def test_hf_base_needs_a_path() -> None:
@@ -116,16 +120,32 @@ def test_overrides_parse_as_toml_then_validate() -> None:
     ("overrides", "message"),
     [
         (['data.test_articles="500:502"'], "'500:502' selects none of the 140 articles"),
-        (['data.test_articles="100:140"'], "data.train_articles and data.test_articles share articles 100:112"),
-        (["calibrate.enabled=true", 'calibrate.dev_articles="110:114"'], "calibrate.dev_articles and"),
-        (["calibrate.enabled=true", "calibrate.folds=60"], "every fold must hold out at least two articles"),
+        (['data.test_articles="90:140"'], "data.train_articles and data.test_articles share articles 90:100"),
+        # the calibration slice: never trained on, never the test split, and two articles at least
+        (['calibrate.dev_articles="95:105"'], "data.train_articles and calibrate.dev_articles share articles 95:100"),
+        (['calibrate.dev_articles="110:114"'], "calibrate.dev_articles and data.test_articles share articles 112:114"),
+        (['calibrate.dev_articles="100:101"'], "calibrate.dev_articles '100:101' holds one article"),
+        (['calibrate.dev_articles="100,100"'], "calibrate.dev_articles '100,100' holds one article"),
+        (['calibrate.dev_articles="200:210"'], "'200:210' selects none of the 140 articles"),
         (['data.file="nope.json"'], "No such file"),
     ],
 )
 def test_article_ranges_are_checked_against_the_data_before_any_training(overrides: list[str], message: str) -> None:
-    cfg = parse_build_config(apply_overrides(raw(), [f'data.file="{KORQUAD_DEV}"', *overrides]))
-    with pytest.raises(ConfigError, match=message):
+    cfg = parse_build_config(
+        apply_overrides(raw(), [f'data.file="{KORQUAD_DEV}"', "calibrate.enabled=true", *overrides])
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
         check_splits(cfg)
+
+
+def test_a_calibration_slice_that_is_off_is_not_checked() -> None:
+    """calibrate.enabled = false: its articles are read by nothing, so they may overlap the training articles."""
+    off = ['calibrate.dev_articles="0:1"']
+    check_splits(parse_build_config(apply_overrides(raw(), [f'data.file="{KORQUAD_DEV}"', *off])))
+    with pytest.raises(ConfigError, match=r"data\.train_articles and calibrate\.dev_articles share articles 0:1"):
+        check_splits(
+            parse_build_config(apply_overrides(raw(), [f'data.file="{KORQUAD_DEV}"', *off, "calibrate.enabled=true"]))
+        )
 
 
 @pytest.mark.parametrize("name", ["korquad-e5-small.toml", "tiny-smoke.toml"])
@@ -144,14 +164,10 @@ def test_build_command_refuses_a_missing_config_or_a_spoiled_split_with_exit_2(
     assert not (tmp_path / "w").exists()  # refused before the base import or any training
 
 
-def test_a_dev_slice_its_own_model_trains_on_or_a_sweep_on_the_test_split_is_refused() -> None:
+def test_a_sweep_on_the_test_split_or_on_its_own_fit_articles_is_refused() -> None:
     cfg = parse_build_config(apply_overrides(raw(), [f'data.file="{KORQUAD_DEV}"']))
     with pytest.raises(ConfigError, match=r"sweep\.dev_articles and data\.test_articles share articles 112:114"):
         check_splits(cfg, {"sweep": ("0:100", "100:114")})
     with pytest.raises(ConfigError, match=r"sweep\.fit_articles and sweep\.dev_articles share articles 90:100"):
         check_splits(cfg, {"sweep": ("0:100", "90:112")})
-    calibrated = ["calibrate.enabled=true", 'calibrate.fit_articles="0:101"', 'calibrate.dev_articles="100:112"']
-    with pytest.raises(
-        ConfigError, match=r"calibrate\.fit_articles and calibrate\.dev_articles share articles 100:101"
-    ):
-        check_splits(parse_build_config(apply_overrides(raw(), [f'data.file="{KORQUAD_DEV}"', *calibrated])))
+    check_splits(cfg, {"sweep": ("0:100", "100:112")})  # configs/sweep-korquad.toml's

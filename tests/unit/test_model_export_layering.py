@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"build", "bundle_checkpoint", "sweep"},  # the pipelines: a TOML build, a checkpoint's bundle, a recipe sweep
     {"stages"},  # export -> quantize -> validate -> evaluate, shared by both pipelines
     {"calibrate"},
-    {"held_out", "train"},
+    {"train"},
     {"validate", "evaluate"},
     {"export", "quantize", "prune_vocab", "import_base", "suffixes", "bundle", "score_map"},
     {"config", "checkpoint"},
