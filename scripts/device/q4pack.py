@@ -62,7 +62,7 @@ def decode_q4(packed: np.ndarray, scale: np.ndarray, shape: tuple[int, ...]) -> 
 
 
 def pack(model_dir: Path, out: Path) -> None:
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load_file  # noqa: PLC0415 - export extra (safetensors), as in model_export
 
     tensors = load_file(str(model_dir / "model.safetensors"))
     arrays: dict[str, np.ndarray] = {}
@@ -84,7 +84,7 @@ def pack(model_dir: Path, out: Path) -> None:
 
 
 def unpack(packed: Path, out: Path) -> None:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save_file  # noqa: PLC0415 - export extra (safetensors), as in model_export
 
     z = np.load(packed)
     meta = json.loads(bytes(z["meta"]).decode())
