@@ -314,7 +314,8 @@ def legacy_fields(m: ScoreMap) -> dict[str, Any]:
     )
     return fields | {
         "null_threshold": 0.0,
-        "null_threshold_note": f"alpha {alpha:.3g} <= 0: no margin where P(no answer) = 0.5 rises past it; the default",
+        "null_threshold_note": f"alpha {alpha:.3g} <= 0: P(no answer) does not rise with the null margin, so no "
+        "threshold expresses the null map; 0 is the manifest's default",
     }
 
 

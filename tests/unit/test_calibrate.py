@@ -222,7 +222,9 @@ def test_legacy_fields_of_each_family_and_a_null_map_that_runs_backwards():
     # P(no answer) falling with the null margin (a model that cannot abstain) has no such threshold: old servers
     # keep the manifest's default, and the record says why
     backwards = legacy_fields(ScoreMap(null=(-0.5, 1.0)))
-    assert backwards["null_threshold"] == 0.0 and "alpha -0.5 <= 0" in backwards["null_threshold_note"]
+    assert backwards["null_threshold"] == 0.0 and backwards["null_threshold_note"].startswith(
+        "alpha -0.5 <= 0: P(no answer) does not rise"
+    )
     assert calibration_fields(backwards, {"kind": "identity", "null": [-0.5, 1.0]})["null_threshold"] == 0.0
     with pytest.raises(ExportError, match="null_threshold"):  # and a threshold that is not finite is refused
         calibration_fields({"score_calibration": [1.0, 0.0], "null_threshold": float("inf")})
