@@ -19,6 +19,7 @@ import pytest
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
+from app.api.schemas import SCORE_RULE
 from tests.integration.test_service import FILLER
 from tests.integration.test_uvicorn import free_port, start, wait_ready
 from tests.support.browser import SIZES, emulate
@@ -29,10 +30,7 @@ pytestmark = pytest.mark.slow
 MAX_CONTEXT = 4000  # the module's server: a passage over the limit stays quick to build and send
 KEY = "demo-key-123"
 # the service's meaning of its scores, which the page shows verbatim
-MEANING = (
-    "score is the probability that the span is exactly the answer; no-answer is the probability that the passages "
-    "hold no answer; with “allow no answer”, only answers more probable than no answer are shown."
-)
+MEANING = SCORE_RULE
 QUESTION = "대한민국의 수도는?"
 CONTEXT = f"대한민국의 수도는 {MARKER}이다. 부산은 항구 도시이다."
 
