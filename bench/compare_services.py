@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import DATA, load_items
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/compare_services.py` finds bench
+
+from bench.common import held_out_items
 
 
 def top1(body: dict[str, Any]) -> tuple[int, int, float] | None:
@@ -65,7 +66,7 @@ def main() -> None:
     ap.add_argument("--min-agreement", type=float, default=0.9, help="exit 1 below this share of equal top-1 spans")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args()
-    items = load_items(DATA, slice(112, 140))[: args.questions]
+    items = held_out_items(args.questions)
     result = compare(args.url_a.rstrip("/"), args.url_b.rstrip("/"), items)
     result["min_agreement"] = args.min_agreement
     result["ok"] = result["top1_agreement"] is not None and result["top1_agreement"] >= args.min_agreement

@@ -2,11 +2,15 @@
 
     python bench/engine_modes.py --bundle models/default [--variant int8] [--questions 100]
 
-The runtime is the one the service picks for the file (the manifest's `runtime`: OpenVINO for static int8,
-ONNX Runtime otherwise); `--runtime` overrides it. Spinning threads are an ONNX Runtime mode only.
+Every session is the bundle opened by ServedModel as the service opens it (`--runtime` overrides the runtime it
+picks for the file: OpenVINO for static int8, ONNX Runtime otherwise), with the threads, and the windows per call,
+of the mode. Every mode runs the same windows (the first N KorQuAD test questions, as the service cuts them),
+padded as the mode says, and reports questions per second. No HTTP, tokenizing or decoding: this decides how the
+service should call the engine.
 
-Every mode runs the same windows (the first N KorQuAD test questions, as the service cuts them) and reports
-questions per second. No HTTP, tokenizing or decoding: this decides how the service should call the engine.
+Spinning threads are the one mode ServedModel does not offer: the service never spins (its ONNX Runtime session
+turns spinning off, so that idle threads leave the CPU to the rest of the server). That row reopens ServedModel's
+own session with its own options and only spinning turned on; on OpenVINO there is no such row.
 """
 
 from __future__ import annotations
@@ -19,33 +23,38 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/engine_modes.py` finds the bench package
 
-from app.engine.hardware import pick_runtime  # noqa: E402
-from app.engine.runtime import OrtRuntime, Runtime, open_runtime, openvino_version  # noqa: E402
-from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id  # noqa: E402
-from bench.peers import DATA, load_items  # noqa: E402
+from app.engine.runtime import OrtRuntime, Runtime
+from app.engine.served import ServedModel
+from app.engine.windows import pad_batch
+from bench.common import REPO, held_out_items, open_model
 
-
-def session(bundle: Path, m: dict, variant: str, threads: int, spin: bool, runtime: str) -> Runtime:
-    rt = open_runtime(bundle / m["variants"][variant], m["input_names"], m["output_names"], runtime, "cpu", threads)
-    if spin and isinstance(rt, OrtRuntime):  # OrtRuntime turns spinning off; rebuild with it on
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.enable_cpu_mem_arena = False
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        rt.session = ort.InferenceSession(
-            str(bundle / m["variants"][variant]), opts, providers=["CPUExecutionProvider"]
-        )
-    return rt
+Batch = dict[str, np.ndarray]
 
 
-def warm(rt: Runtime, batches: list[dict[str, np.ndarray]]) -> None:
+def runtime_of(model: ServedModel) -> Runtime:
+    assert model.runtime is not None  # open_model loads it
+    return model.runtime
+
+
+def with_spinning(model: ServedModel) -> ServedModel:
+    """The model's ONNX Runtime session reopened with its own options, spinning threads on."""
+    rt = runtime_of(model)
+    if not isinstance(rt, OrtRuntime):
+        raise ValueError(f"spinning is an ONNX Runtime mode; this model runs on {rt.provider}")
+    opts = rt.session.get_session_options()
+    # ONNX Runtime warns that this overwrites the entry OrtRuntime set: that is the point
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    rt.session = ort.InferenceSession(
+        str(model.bundle_dir / model.model_file), opts, providers=rt.session.get_providers()
+    )
+    return model
+
+
+def warm(rt: Runtime, batches: list[Batch]) -> None:
     """The first run of each shape, untimed: OpenVINO plans shapes on first sight (the service at warm-up)."""
     seen: set[tuple[int, ...]] = set()
     for b in batches:
@@ -54,7 +63,8 @@ def warm(rt: Runtime, batches: list[dict[str, np.ndarray]]) -> None:
             rt.run(b)
 
 
-def run_serial(rt: Runtime, batches: list[dict[str, np.ndarray]]) -> float:
+def run_serial(model: ServedModel, batches: list[Batch]) -> float:
+    rt = runtime_of(model)
     warm(rt, batches)
     t0 = time.perf_counter()
     for b in batches:
@@ -62,7 +72,8 @@ def run_serial(rt: Runtime, batches: list[dict[str, np.ndarray]]) -> float:
     return time.perf_counter() - t0
 
 
-def run_parallel(rts: list[Runtime], batches: list[dict[str, np.ndarray]]) -> float:
+def run_parallel(models: list[ServedModel], batches: list[Batch]) -> float:
+    rts = [runtime_of(m) for m in models]
     for rt in rts:
         warm(rt, batches)
     lock = threading.Lock()
@@ -93,24 +104,20 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino"], default="auto")
     args = ap.parse_args()
-    from tokenizers import Tokenizer
+    c = args.cores
 
-    m = json.loads((args.bundle / "manifest.json").read_text())
-    built_for = m["files"][m["variants"][args.variant]].get("runtime")
-    rt_name = pick_runtime(built_for, args.runtime, False, openvino_version()).name
-    print(f"{args.variant} on {rt_name}", flush=True)
+    def fresh(threads: int, batch_windows: int = 1) -> ServedModel:
+        """A session opened as the service would open it with these threads and windows per call (ServedModel
+        turns the CPU memory arena on for one window per call, off for batches)."""
+        config = {"variant": args.variant, "runtime": args.runtime, "providers": "cpu"}
+        return open_model(args.bundle, threads=threads, batch_windows=batch_windows, **config)
 
-    def make(threads: int, spin: bool = False) -> Runtime:
-        return session(args.bundle, m, args.variant, threads, spin, rt_name)
-
-    tok = Tokenizer.from_file(str(args.bundle / m["tokenizer"]))
-    pad = pad_token_id(tok)
-    items = load_items(DATA, slice(112, 140))[: args.questions]
-    win = {k: m[k] for k in ("max_seq_length", "doc_stride", "max_query_length")}
-    windows = [
-        w for p in encode_pairs(tok, [(it["question"], it["context"]) for it in items]) for w in make_windows(p, **win)
-    ]
-    n, c = len(items), args.cores
+    first = fresh(c)
+    rt_name = first.runtime_pick.name
+    print(f"{first.variant} on {rt_name} ({first.runtime_pick.reason})", flush=True)
+    items = held_out_items(args.questions)
+    windows = [w for ws in first.windows([(it["question"], it["context"]) for it in items]) for w in ws]
+    n, pad = len(items), first.pad_id
     single = [pad_batch([w], pad, 1) for w in windows]
     single8 = [pad_batch([w], pad, 8) for w in windows]
     single32 = [pad_batch([w], pad, 32) for w in windows]
@@ -121,19 +128,19 @@ def main() -> None:
         rows.append({"mode": name, "qps": round(n / seconds, 2), "windows": len(windows)})
         print(f"{name:55s} {n / seconds:6.2f} q/s", flush=True)
 
-    report(f"1 session x {c} threads, per window, no padding", run_serial(make(c), single))
-    report(f"1 session x {c} threads, per window, padded to 8", run_serial(make(c), single8))
-    report(f"1 session x {c} threads, per window, padded to 32", run_serial(make(c), single32))
+    report(f"1 session x {c} threads, per window, no padding", run_serial(first, single))
+    report(f"1 session x {c} threads, per window, padded to 8", run_serial(first, single8))
+    report(f"1 session x {c} threads, per window, padded to 32", run_serial(first, single32))
     if rt_name == "onnxruntime":
-        report(f"1 session x {c} threads, spinning, per window", run_serial(make(c, spin=True), single))
+        report(f"1 session x {c} threads, spinning, per window", run_serial(with_spinning(fresh(c)), single))
     for bs in (4, 8):
         batches = [pad_batch(by_len[i : i + bs], pad, 32) for i in range(0, len(by_len), bs)]
-        report(f"1 session x {c} threads, length-sorted batches of {bs}", run_serial(make(c), batches))
-    rts = [make(1) for _ in range(c)]
-    report(f"{c} sessions x 1 thread in parallel, per window", run_parallel(rts, single8))
-    report("1 session x 1 thread, per window", run_serial(rts[0], single8))
+        report(f"1 session x {c} threads, length-sorted batches of {bs}", run_serial(fresh(c, bs), batches))
+    parallel = [fresh(1) for _ in range(c)]
+    report(f"{c} sessions x 1 thread in parallel, per window", run_parallel(parallel, single8))
+    report("1 session x 1 thread, per window", run_serial(parallel[0], single8))
     command = " ".join(["python", "bench/engine_modes.py", *sys.argv[1:]])
-    print(json.dumps({"command": command, "runtime": rt_name, "rows": rows}))
+    print(json.dumps({"command": command, "variant": first.variant, "runtime": rt_name, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -33,11 +32,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-from load import DATA, load_items  # noqa: E402
-from service import server  # noqa: E402
+import httpx
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/peers.py` finds the bench package
+
+from app.engine.bundle import read_manifest
+from app.engine.hardware import cpu_name, cpu_quota
+from app.engine.windows import pad_batch
+from bench.common import REPO, held_out_items, latency_ms, metric, metric_by, open_model, rate, server
 
 CACHE = REPO / "runs" / "peers"
 TOKENIZER = REPO / "models" / "default" / "tokenizer.json"
@@ -60,9 +63,9 @@ def ensure_checkpoint(out: Path, seed: int = 0) -> Path:
     """A random-weight e5-small QA checkpoint with the shipped tokenizer, as save_pretrained writes it."""
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
-    import torch
-    import transformers as tf
-    from tokenizers import Tokenizer
+    import torch  # noqa: PLC0415 - export extra, seconds to import: only when the checkpoint is built
+    import transformers as tf  # noqa: PLC0415 - export extra, as torch
+    from tokenizers import Tokenizer  # noqa: PLC0415 - beside transformers' wrapper of it
 
     backend = Tokenizer.from_file(str(TOKENIZER))
     # the shipped vocabulary is XLM-R's sentencepiece with the RoBERTa pair template: <s> q </s></s> c </s>
@@ -91,12 +94,13 @@ def ensure_checkpoint(out: Path, seed: int = 0) -> Path:
 
 def ensure_bundle(checkpoint: Path, out: Path, variants: Sequence[str], int8_method: str = "static") -> Path:
     """The service's bundle of `checkpoint`, built by the documented CLI unless one like it exists."""
-    manifest = out / "manifest.json"
-    if manifest.exists():
-        m = json.loads(manifest.read_text())
-        int8 = m["files"].get(m["variants"].get("int8", ""), {})
-        same_int8 = "int8" not in variants or (int8.get("runtime") == "openvino") == (int8_method == "static")
-        if set(variants) <= set(m["variants"]) and same_int8:
+    if (out / "manifest.json").exists():
+        m = read_manifest(out)
+        int8 = m.files.get(m.variants.get("int8", ""))
+        same_int8 = "int8" not in variants or (int8 is not None and int8.runtime == "openvino") == (
+            int8_method == "static"
+        )
+        if set(variants) <= set(m.variants) and same_int8:
             return out
     cmd = [sys.executable, "-m", "model_export", "bundle", str(checkpoint), "--out", str(out), "--offline"]
     subprocess.run([*cmd, "--variants", *variants, "--int8-method", int8_method], cwd=REPO, check=True)
@@ -107,7 +111,7 @@ def ensure_optimum(checkpoint: Path, out: Path) -> Path:
     """optimum's own export of the checkpoint (what a user of the Optimum pipeline would run)."""
     if (out / "model.onnx").exists():
         return out
-    from optimum.onnxruntime import ORTModelForQuestionAnswering
+    from optimum.onnxruntime import ORTModelForQuestionAnswering  # noqa: PLC0415 - export extra, only for its row
 
     ORTModelForQuestionAnswering.from_pretrained(str(checkpoint), export=True).save_pretrained(str(out))
     return out
@@ -115,13 +119,11 @@ def ensure_optimum(checkpoint: Path, out: Path) -> Path:
 
 # --------------------------------------------------------------------------- measuring
 def summary(name: str, latencies: Sequence[float], wall: float, **extra: Any) -> dict[str, Any]:
-    lat = sorted(latencies)
     return {
         "name": name,
-        "questions": len(lat),
-        "qps": round(len(lat) / wall, 2) if wall > 0 else None,
-        "p50_ms": round(1000 * statistics.median(lat), 1),
-        "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * (len(lat) - 1)))], 1),
+        "questions": len(latencies),
+        "qps": rate(len(latencies), wall),
+        **latency_ms(latencies),
         **extra,
     }
 
@@ -139,22 +141,25 @@ def measure(name: str, call: Callable[[dict[str, str]], object], items: list[dic
 
 
 def windows_config(bundle: Path) -> dict[str, int]:
-    m = json.loads((bundle / "manifest.json").read_text())
-    return {k: int(m[k]) for k in ("max_seq_length", "doc_stride", "max_query_length")}
+    m = read_manifest(bundle)
+    return {"max_seq_length": m.max_seq_length, "doc_stride": m.doc_stride, "max_query_length": m.max_query_length}
 
 
-def pipeline_kwargs(win: dict[str, int]) -> dict[str, int]:
-    """The bundle's windows in the HF pipeline's words, so every row cuts the same windows."""
-    return {
+def measure_pipeline(
+    name: str, pipe: Callable[..., object], items: list[dict[str, str]], win: dict[str, int], engine: str
+):
+    """A transformers-style QA pipeline over the items, cutting the bundle's windows (in the pipeline's words)."""
+    kw = {
         "max_seq_len": win["max_seq_length"],
         "doc_stride": win["doc_stride"],
         "max_question_len": win["max_query_length"],
     }
+    return measure(name, lambda it: pipe(question=it["question"], context=it["context"], **kw), items, engine=engine)
 
 
 def run_transformers(checkpoint: Path, items: list[dict[str, str]], win: dict[str, int], device: str, threads: int):
-    import torch
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, pipeline
+    import torch  # noqa: PLC0415 - export extra, seconds to import: only for this row
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, pipeline  # noqa: PLC0415 - as torch
 
     if device == "cuda" and not torch.cuda.is_available():
         return {"name": "transformers", "skipped": "this torch build has no CUDA"}
@@ -166,23 +171,16 @@ def run_transformers(checkpoint: Path, items: list[dict[str, str]], win: dict[st
         tokenizer=AutoTokenizer.from_pretrained(str(checkpoint)),
         device=0 if device == "cuda" else -1,
     )
-    kw = pipeline_kwargs(win)
-    return measure(
-        "transformers",
-        lambda it: pipe(question=it["question"], context=it["context"], **kw),
-        items,
-        engine=f"PyTorch {torch.__version__} fp32, {threads} threads",
-    )
+    return measure_pipeline("transformers", pipe, items, win, f"PyTorch {torch.__version__} fp32, {threads} threads")
 
 
 def run_optimum(
     checkpoint: Path, onnx_dir: Path, items: list[dict[str, str]], win: dict[str, int], device: str, threads: int
 ):
-    import onnxruntime as ort
-    import torch
-    from optimum.onnxruntime import ORTModelForQuestionAnswering
-    from optimum.onnxruntime import pipeline as ort_pipeline
-    from transformers import AutoTokenizer
+    import torch  # noqa: PLC0415 - export extra, seconds to import: only for this row
+    from optimum.onnxruntime import ORTModelForQuestionAnswering  # noqa: PLC0415 - export extra, as torch
+    from optimum.onnxruntime import pipeline as ort_pipeline  # noqa: PLC0415 - export extra, as torch
+    from transformers import AutoTokenizer  # noqa: PLC0415 - export extra, as torch
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -199,62 +197,39 @@ def run_optimum(
     if cuda and provider != "CUDAExecutionProvider":
         raise RuntimeError(f"optimum: asked for CUDA, ONNX Runtime gave {provider}")
     pipe = ort_pipeline("question-answering", model=model, tokenizer=AutoTokenizer.from_pretrained(str(checkpoint)))
-    kw = pipeline_kwargs(win)
-    return measure(
-        "optimum",
-        lambda it: pipe(question=it["question"], context=it["context"], **kw),
-        items,
-        engine=f"onnxruntime {ort.__version__} fp32 ({provider}), {threads} threads",
-    )
+    engine = f"onnxruntime {ort.__version__} fp32 ({provider}), {threads} threads"
+    return measure_pipeline("optimum", pipe, items, win, engine)
 
 
-def run_raw(
-    bundle: Path, items: list[dict[str, str]], win: dict[str, int], device: str, threads: int, variant: str = "fp32"
-):
-    from tokenizers import Tokenizer
-
-    from app.engine.hardware import pick_runtime
-    from app.engine.runtime import OpenVinoRuntime, open_runtime, openvino_version
-    from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id
-
-    m = json.loads((bundle / "manifest.json").read_text())
-    tok = Tokenizer.from_file(str(bundle / m["tokenizer"]))
-    pad = pad_token_id(tok)
-    pairs = encode_pairs(tok, [(it["question"], it["context"]) for it in items])
-    windows = [(q, w) for q, p in enumerate(pairs) for w in make_windows(p, **win)]
-    windows.sort(key=lambda qw: len(qw[1]))
-    file = m["variants"][variant]
-    # the runtime the service would pick for this file (static int8: OpenVINO on a CPU)
-    runtime = pick_runtime(m["files"][file].get("runtime"), "auto", device == "cuda", openvino_version()).name
-    rt = open_runtime(
-        bundle / file,
-        m["input_names"],
-        m["output_names"],
-        runtime,
+def run_raw(bundle: Path, items: list[dict[str, str]], device: str, threads: int, variant: str = "fp32"):
+    """The bundle's graph opened by ServedModel exactly as the service opens it (runtime picked for the file: static
+    int8 runs on OpenVINO on a CPU), one window per call; only the runtime's own call is timed."""
+    model = open_model(
+        bundle,
+        variant=variant,
         providers="cuda" if device == "cuda" else "cpu",
         threads=threads,
         cpu_mem_arena=True,  # as the service runs one window per call (and as optimum's session does)
+        batch_windows=1,
     )
-    # built before the clock starts, padded as the service pads a lone window for this runtime
-    batches = [(q, pad_batch([w], pad, rt.pad_multiple)) for q, w in windows]
-    seen: set[tuple[int, ...]] = set()
-    for _, b in batches:  # untimed: the first run of each shape (the service plans them all at warm-up)
-        if b["input_ids"].shape not in seen:
-            seen.add(b["input_ids"].shape)
-            rt.run(b)
+    runtime = model.runtime
+    assert runtime is not None  # open_model loads it
+    pairs = [(it["question"], it["context"]) for it in items]
+    windows = sorted(((q, w) for q, ws in enumerate(model.windows(pairs)) for w in ws), key=lambda qw: len(qw[1]))
+    # padded before the clock starts, as ServedModel.run pads a lone window for this runtime
+    batches = [(q, pad_batch([w], model.pad_id, runtime.pad_multiple)) for q, w in windows]
+    model.warmup()  # untimed: every shape a lone window can take, as the service runs them at start-up
     per_question = [0.0] * len(items)
     t0 = time.perf_counter()
     for q, b in batches:
         t = time.perf_counter()
-        rt.run(b)
+        runtime.run(b)
         per_question[q] += time.perf_counter() - t
     wall = time.perf_counter() - t0
-    if isinstance(rt, OpenVinoRuntime):
-        label, engine = "raw OpenVINO", rt.provider
+    if model.runtime_pick.name == "openvino":
+        label, engine = "raw OpenVINO", runtime.provider
     else:
-        import onnxruntime as ort
-
-        label, engine = "raw ORT", f"onnxruntime {ort.__version__} ({rt.provider})"
+        label, engine = "raw ORT", f"onnxruntime {ort.__version__} ({runtime.provider})"
     return summary(
         label if variant == "fp32" else f"{label} {variant}",
         per_question,
@@ -276,18 +251,10 @@ STAGES = ("inference", "tokenize", "decode")
 def stage_seconds(base: str) -> dict[str, float]:
     """The server's total seconds so far in the engine, tokenizing and decoding (qa_*_seconds_sum, /metrics),
     and in handling /answer requests from the first middleware to the response ("request")."""
-    import httpx
-
-    sums = {}
-    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
-        for stage in STAGES:
-            if line.startswith(f"qa_{stage}_seconds_sum"):
-                sums[stage] = float(line.split()[-1])
-        if line.startswith('qa_request_duration_seconds_sum{endpoint="/answer"}'):
-            sums["request"] = float(line.split()[-1])
-    if set(STAGES) - set(sums):
-        raise RuntimeError(f"/metrics lacks {set(STAGES) - set(sums)}")
-    sums.setdefault("request", 0.0)  # a labelled series appears with its first request
+    text = httpx.get(base + "/metrics", timeout=10).text
+    sums = {stage: metric(text, f"qa_{stage}_seconds_sum") for stage in STAGES}
+    # a labelled series appears with its first request
+    sums["request"] = metric_by(text, "qa_request_duration_seconds_sum", "endpoint").get("/answer", 0.0)
     return sums
 
 
@@ -383,13 +350,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, command: str, machine: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # noqa: PLC0415 - an optional package, only for the plot
 
     shown = [r for r in rows if r.get("qps")]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.6), dpi=110)
+    fig = Figure(figsize=(8, 0.45 * len(shown) + 1.6), dpi=110)
+    ax = fig.subplots()
     names = [r["name"] for r in shown][::-1]
     qps = [r["qps"] for r in shown][::-1]
     colors = ["#4c72b0" if r["name"].startswith("service") else "#999999" for r in shown][::-1]
@@ -413,16 +378,19 @@ def plot(rows: list[dict[str, Any]], path: Path, command: str, machine: str) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from app.engine.hardware import cpu_name
-    from app.settings import cpu_quota
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--questions", type=int, default=100, help="first N questions of the test articles")
     ap.add_argument("--skip", nargs="*", default=[], choices=ROWS, help="rows to leave out")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="threads for the in-process peers (default: CPU quota)")
     ap.add_argument("--cache", type=Path, default=CACHE, help="where the checkpoint and the ONNX files are kept")
-    ap.add_argument("--bundle", type=Path, default=None, help="bundle to serve (default: built under --cache)")
+    ap.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="bundle for the raw and service rows (default: built under --cache); rows of a variant it lacks are "
+        "reported as skipped",
+    )
     ap.add_argument(
         "--variants", nargs="+", default=None, help="bundle variants to build (default: fp32 + the extra row's)"
     )
@@ -432,15 +400,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     threads = args.threads or cpu_quota()
     extra = "fp16" if args.device == "cuda" else "int8"
+    peers = [r for r in PEERS if r not in args.skip]
 
-    checkpoint = ensure_checkpoint(args.cache / "checkpoint")
+    # the checkpoint feeds the peers and the default bundle; a given bundle with no peer row needs none
+    checkpoint = args.cache / "checkpoint"
+    if args.prepare_only or peers or args.bundle is None:
+        checkpoint = ensure_checkpoint(checkpoint)
     bundle = args.bundle or ensure_bundle(checkpoint, args.cache / "bundle", args.variants or ["fp32", extra])
     if args.prepare_only:
         print(ensure_optimum(checkpoint, args.cache / "optimum"))
         print(bundle)
         return
     win = windows_config(bundle)
-    items = load_items(DATA, slice(112, 140))[: args.questions]
+    have = read_manifest(bundle).variants
+    items = held_out_items(args.questions)
 
     rows: list[dict[str, Any]] = []
     if "transformers" not in args.skip:
@@ -448,12 +421,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "optimum" not in args.skip:
         onnx_dir = ensure_optimum(checkpoint, args.cache / "optimum")
         rows.append(run_optimum(checkpoint, onnx_dir, items, win, args.device, threads))
-    if "raw" not in args.skip:
-        rows.append(run_raw(bundle, items, win, args.device, threads))
-        rows.append(run_raw(bundle, items, win, args.device, threads, extra))
-    if "service" not in args.skip:
+    for row in ("raw", "service"):
+        if row in args.skip:
+            continue
         for variant in ("fp32", extra):
-            rows += run_service(bundle, variant, len(items), args.device)
+            if variant not in have:
+                rows.append({"name": f"{row} {variant}", "skipped": f"{bundle} has no {variant} variant"})
+            elif row == "raw":
+                rows.append(run_raw(bundle, items, args.device, threads, variant))
+            else:
+                rows += run_service(bundle, variant, len(items), args.device)
     rows = with_ratios(rows)
 
     command = " ".join(["python", "bench/peers.py", *(argv if argv is not None else sys.argv[1:])])

@@ -2,12 +2,15 @@
 
     python bench/precision_candidates.py [--fp32 runs/korquad-e5-small/onnx/model.onnx]
 
-The fp32 graph is the build's fused export of the shipped model. For each candidate this prints questions per
-second on the first 100 KorQuAD test questions (windows one per call, as the service runs a CPU) and start/end
-argmax agreement and mean |logit difference| against fp32 on 215 windows of training articles 0-7 (the choice is
-made on training data; test-split F1 of the chosen one is in the model card). Candidates:
+The fp32 graph is the build's fused export of the shipped model (its unfused export, model.raw.onnx, beside it).
+For each candidate this prints questions per second on the first 100 KorQuAD test questions (`--questions`;
+windows one per call, as the service runs a CPU) and start/end argmax agreement and mean |logit difference|
+against fp32 on 215 windows of training articles 0-7 (the choice is made on training data; test-split F1 of the
+chosen one is in the model card). The candidates are loose ONNX files, not bundles, so each runs in a plain
+session of its runtime rather than through ServedModel; the windows are cut and padded by the service's own
+functions. Candidates:
   dynamic int8            onnxruntime quantize_dynamic, per-channel weights (activations scaled per tensor)
-  dynamic int8, smoothed  the same after SmoothQuant alpha 0.7 (what the default bundle ships)
+  dynamic int8, smoothed  the same after SmoothQuant alpha 0.7 (the previous default bundle)
   static int8 (QDQ)       quantize_static, per-channel weights, activation ranges calibrated on 64 training windows
   static int8, OpenVINO   NNCF's transformer scheme (SmoothQuant, fp LayerNorm/Softmax/GELU, bias correction) on
                           128 training windows, run by OpenVINO (what the default bundle ships)
@@ -24,23 +27,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+# the export extra's quantizers; every run builds every candidate with them
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+from onnxruntime.quantization import quantize_static as ort_quantize_static
 
-from load import DATA, load_items  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/precision_candidates.py` finds bench
 
-from app.engine.hardware import cpu_flags  # noqa: E402
-from app.engine.windows import encode_pairs, make_windows, pad_batch, pad_token_id, padded_width  # noqa: E402
-from model_export.data import load_examples  # noqa: E402
+from app.engine.hardware import cpu_flags
+from app.engine.runtime import OpenVinoRuntime
+from app.engine.served import load_tokenizer
+from app.engine.windows import WindowSpec, encode_windows, pad_batch, pad_token_id, padded_width
+from bench.common import DATA, REPO, held_out_items
+from model_export.data import load_examples
+from model_export.quantize import quantize_int8, smooth_activations
+from model_export.quantize import quantize_static as nncf_quantize_static
 
 Run = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
 def ort_runner(path: Path, threads: int) -> Run:
-    import onnxruntime as ort
-
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -51,7 +58,7 @@ def ort_runner(path: Path, threads: int) -> Run:
 
 def openvino_runner(path: Path, threads: int) -> Run | str:
     try:
-        import openvino as ov
+        import openvino as ov  # noqa: PLC0415 - optional: the row is skipped, and says so, without it
     except ImportError:
         return "openvino is not installed (pip install openvino)"
     flags = cpu_flags()
@@ -74,11 +81,8 @@ def openvino_runner(path: Path, threads: int) -> Run | str:
 
 
 def nncf_openvino_runner(raw: Path, dst: Path, calib: list[dict[str, np.ndarray]], threads: int) -> Run | str:
-    try:
-        from app.engine.runtime import OpenVinoRuntime
-        from model_export.quantize import quantize_static
-
-        quantize_static(raw, dst, calib)
+    try:  # NNCF and OpenVINO are imported by these calls; without them the row is skipped, and says so
+        nncf_quantize_static(raw, dst, calib)
         inputs, outputs = ["input_ids", "attention_mask", "token_type_ids"], ["start_logits", "end_logits"]
         rt = OpenVinoRuntime(dst, inputs, outputs, threads)
     except ImportError as e:
@@ -101,23 +105,21 @@ def main() -> None:
     ap.add_argument("--tokenizer", type=Path, default=REPO / "models" / "default" / "tokenizer.json")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "precision")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--questions", type=int, default=100, help="test questions timed for q/s")
     args = ap.parse_args()
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from tokenizers import Tokenizer
-
-    from model_export.quantize import quantize_int8, smooth_activations
-
-    tok = Tokenizer.from_file(str(args.tokenizer))
+    tok = load_tokenizer(args.tokenizer)  # as ServedModel loads a bundle's: no truncation, no padding
     pad = pad_token_id(tok)
+    spec = WindowSpec(384, 128, 64)  # the shipped bundle's windows
 
     def windows(pairs: list[tuple[str, str]]) -> list[dict[str, np.ndarray]]:
-        return [pad_batch([w], pad) for p in encode_pairs(tok, pairs) for w in make_windows(p, 384, 128, 64)]
+        return [pad_batch([w], pad) for ws in encode_windows(tok, pairs, spec) for w in ws]
 
     train = load_examples(str(DATA), "0:112")
     calib = windows([(e.question, e.context) for e in train[16::17]])[:64]
     calib2 = windows([(e.question, e.context) for e in train[16::17]])[:128]
     check = windows([(e.question, e.context) for e in load_examples(str(DATA), "0:8")[:200]])
-    speed = windows([(it["question"], it["context"]) for it in load_items(DATA, slice(112, 140))[:100]])
+    items = held_out_items(args.questions)
+    speed = windows([(it["question"], it["context"]) for it in items])
     args.work.mkdir(parents=True, exist_ok=True)
 
     class Reader(CalibrationDataReader):
@@ -133,7 +135,7 @@ def main() -> None:
     smooth = smooth_activations(args.fp32, args.work / "smooth.onnx", calib, 0.7)
     files["dynamic int8, smoothed"] = quantize_int8(smooth, args.work / "dynamic-smooth.onnx")
     raw = args.fp32.with_name("model.raw.onnx")  # QDQ on the unfused graph: fused contrib ops are not quantizable
-    quantize_static(
+    ort_quantize_static(
         raw,
         args.work / "static-qdq.onnx",
         Reader(),
@@ -161,7 +163,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for f in speed:
             run(f)
-        qps = 100 / (time.perf_counter() - t0)
+        qps = len(items) / (time.perf_counter() - t0)
         base = base or qps
         got = [run(f) for f in check]
         pairs = list(zip(ref, got, strict=True))

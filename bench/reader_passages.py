@@ -14,16 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.engine.config import ModelConfig
-from app.engine.interface import QARequest
-from app.engine.served import ServedModel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/reader_passages.py` finds bench
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "korquad" / "KorQuAD_v1.0_dev.json"
-TEST_ARTICLES = range(112, 140)  # the held-out split; never tuned on
+from app.engine.interface import QARequest
+from bench.common import DATA, REPO, TEST_ARTICLES, open_model, squad_articles
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ def make_cases(data: list[dict], n: int, distractors: int, seed: int) -> list[Ca
 
 
 def run(model_dir: Path, cases: list[Case], threads: int) -> dict[str, object]:
-    model = ServedModel.open(ModelConfig(model_dir=model_dir, threads=threads))
+    model = open_model(model_dir, threads=threads)
     passage_hits = text_hits = alone_hits = windows = 0
     t0 = time.perf_counter()
     for case in cases:
@@ -77,14 +76,14 @@ def run(model_dir: Path, cases: list[Case], threads: int) -> dict[str, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "models" / "default")
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "default")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--questions", type=int, default=100)
     ap.add_argument("--distractors", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads; 0 = the CPU quota")
     args = ap.parse_args()
-    data = json.loads(args.data.read_text(encoding="utf-8"))["data"]
+    data = squad_articles(args.data)
     cases = make_cases(data, args.questions, args.distractors, args.seed)
     print(json.dumps(run(args.model, cases, args.threads)))
 

@@ -7,14 +7,16 @@
     python bench/resilience.py slow         # 250 slow-header and slow-body connections: still open after the timeouts?
     python bench/resilience.py disconnects  # 100 mixed disconnects (mid-upload among them), then /metrics' 500s
 
-Each starts its own server on a free port with the settings it needs (the shipped model unless
---model-dir says otherwise), drives it from this process, and prints one JSON object.
+The experiment may also be named with --mode (`--mode soak`). Each starts its own server on a free port with
+the settings it needs (the shipped model unless --model-dir says otherwise), drives it from this process, and
+prints one JSON object. --clients and --seconds size the experiments that take them (defaults in --help).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -25,29 +27,35 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(1, str(REPO))
-from load import DATA, joined_paragraphs, load_items  # noqa: E402
-from service import server  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/resilience.py` finds the bench package
 
-from app.settings import Settings  # noqa: E402
+from app.settings import Settings
+from bench.common import (
+    DATA,
+    Reply,
+    closed_loop,
+    describe,
+    held_out_items,
+    joined_paragraphs,
+    latency_ms,
+    metric,
+    metric_by,
+    post,
+    requests_of,
+    server,
+    statuses,
+    until,
+)
 
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return round(1000 * s[min(len(s) - 1, int(q * (len(s) - 1)))], 1)
-
-
-def metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+EXPERIMENTS = ("hol", "overload", "soak", "headers", "slow", "disconnects")
+DEFAULT_CLIENTS = {"overload": 64, "headers": 16}
+DEFAULT_SECONDS = {"overload": 30.0}
 
 
 def rss_mb(pid: int) -> float:
@@ -57,131 +65,105 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def stop_after(seconds: float) -> Callable[[], bool]:
+    """A stop condition for `until`: true once `seconds` have passed from now."""
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() >= end
+
+
+def http_pool(base: str, clients: int, timeout: float = 120) -> httpx.AsyncClient:
+    """One connection pool for `clients` looping clients and a few more requests beside them."""
+    return httpx.AsyncClient(base_url=base, timeout=timeout, limits=httpx.Limits(max_connections=clients + 4))
+
+
 # --------------------------------------------------------------------------- head-of-line blocking
 BIG_ITEMS = 16  # three-paragraph contexts: about 60 windows, well inside the 30 s deadline on 2 cores
 
 
 async def hol(base: str) -> dict[str, object]:
-    small_items = load_items(DATA, slice(112, 140))
-    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+    small_items = held_out_items()
+    async with http_pool(base, 2) as http:
         # 1) the body of the original report: 32 contexts of about 30 kB (10,000 Korean characters) each
         text = " ".join(p["context"] for p in joined_paragraphs(DATA, 80))
         huge = {"items": [{"question": "이 문서의 주제는?", "context": text[k * 100 :][:10_000]} for k in range(32)]}
-        t0 = time.perf_counter()
-        r = await client.post("/batch_answer", json=huge)
+        r = await post(http, "/batch_answer", huge)
         refused = {
-            "status": r.status_code,
-            "seconds": round(time.perf_counter() - t0, 2),
+            "status": r.status,
+            "seconds": round(r.seconds, 2),
             "body_kB": len(json.dumps(huge, ensure_ascii=False).encode()) // 1000,
-            "message": r.json().get("error", {}).get("message"),
+            "message": r.body.get("error", {}).get("message"),
         }
 
         # 2) a big batch the server can finish in time, with small requests arriving all along
         big = {"items": joined_paragraphs(DATA, BIG_ITEMS, 3)}
-        small_lat: list[float] = []
-        small_status: Counter[int] = Counter()
         done = asyncio.Event()
 
-        async def big_call() -> tuple[int, float, int]:
-            t = time.perf_counter()
-            resp = await client.post("/batch_answer", json=big)
+        async def big_call() -> Reply:
+            reply = await post(http, "/batch_answer", big)
             done.set()
-            windows = sum(x["windows"] for x in resp.json()["results"]) if resp.status_code == 200 else 0
-            return resp.status_code, time.perf_counter() - t, windows, resp.json().get("error")
-
-        async def small_client(k: int) -> None:
-            i = k
-            while not done.is_set():
-                t = time.perf_counter()
-                resp = await client.post("/answer", json=small_items[i % len(small_items)])
-                if not done.is_set():  # both counts cover only the requests that overlapped the big one
-                    small_status[resp.status_code] += 1
-                    small_lat.append(time.perf_counter() - t)
-                i += 2
-                await asyncio.sleep(0.2)
+            return reply
 
         task = asyncio.create_task(big_call())
         await asyncio.sleep(0.3)  # the big one is queued first
-        await asyncio.gather(*(small_client(k) for k in range(2)))
-        status, seconds, windows, error = await task
+        small = await closed_loop(http, 2, small_items, until(done.is_set, len(small_items)), pause=lambda _: 0.2)
+        b = await task
+    overlapped = [s for s in small if s.ended <= b.ended]  # only the requests that overlapped the big one
     return {
         "refused_1MB_batch": refused,
         "big_batch": {
-            "status": status,
+            "status": b.status,
             "items": BIG_ITEMS,
-            "windows": windows,
-            "seconds": round(seconds, 2),
-            "error": error,
+            "windows": sum(x["windows"] for x in b.body["results"]) if b.status == 200 else 0,
+            "seconds": round(b.seconds, 2),
+            "error": b.body.get("error"),
         },
-        "small_while_big_runs": {
-            "n": len(small_lat),
-            "statuses": dict(small_status),
-            "p50_ms": pct(small_lat, 0.5),
-            "p99_ms": pct(small_lat, 0.99),
-            "max_ms": pct(small_lat, 1.0),
-        },
+        "small_while_big_runs": describe(overlapped, (0.5, 0.99, 1.0)),
     }
 
 
 # --------------------------------------------------------------------------- overload
 async def overload(base: str, clients: int, seconds: float) -> dict[str, object]:
-    items = load_items(DATA, slice(112, 140))
-    statuses: Counter[int] = Counter()
-    ok_windows = 0
-    latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=clients)) as client:
-        before = (await client.get("/metrics")).text
-        stop = time.monotonic() + seconds
-
-        async def one(k: int) -> None:
-            nonlocal ok_windows
-            i = k
-            while time.monotonic() < stop:
-                t = time.perf_counter()
-                r = await client.post("/answer", json=items[i % len(items)])
-                statuses[r.status_code] += 1
-                if r.status_code == 200:
-                    ok_windows += r.json()["windows"]
-                    latencies.append(time.perf_counter() - t)
-                elif r.status_code == 429:
-                    await asyncio.sleep(0.05)  # a client that backs off a little, not one that spins
-                i += clients
-
-        await asyncio.gather(*(one(k) for k in range(clients)))
-        after = (await client.get("/metrics")).text
+    items = held_out_items()
+    async with http_pool(base, clients, timeout=30) as http:
+        before = (await http.get("/metrics")).text
+        # a client that backs off a little after a 429, not one that spins
+        replies = await closed_loop(
+            http, clients, items, until(stop_after(seconds), len(items)), pause=lambda r: 0.05 * (r.status == 429)
+        )
+        after = (await http.get("/metrics")).text
+    ok = [r for r in replies if r.status == 200]
+    ok_windows = sum(r.body["windows"] for r in ok)
     computed = metric(after, "qa_batch_windows_sum") - metric(before, "qa_batch_windows_sum")
     return {
         "clients": clients,
         "seconds": seconds,
-        "statuses": dict(sorted(statuses.items())),
+        "statuses": statuses(replies),
         "windows_computed": int(computed),
         "windows_for_200s": ok_windows,
         "share_of_computed_windows_for_200s": round(ok_windows / computed, 3) if computed else None,
-        "p99_ms_of_200s": pct(latencies, 0.99),
+        "p99_ms_of_200s": latency_ms([r.seconds for r in ok], (0.99,))["p99_ms"],
     }
 
 
 # --------------------------------------------------------------------------- soak
 async def soak(base: str, pid: int, requests: int, concurrency: int, warmup: int) -> dict[str, object]:
-    items = load_items(DATA, slice(112, 140))
+    items = held_out_items()
     samples: list[tuple[int, float]] = [(0, rss_mb(pid))]
-    statuses: Counter[int] = Counter()
-    counter = iter(range(requests))
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+    served = itertools.count(1)
 
-        async def worker() -> None:
-            for i in counter:
-                r = await client.post("/answer", json=items[i % len(items)])
-                statuses[r.status_code] += 1
-                if (i + 1) % 100 == 0:
-                    samples.append((i + 1, rss_mb(pid)))
+    def every_100(_reply: Reply) -> float:
+        n = next(served)
+        if n % 100 == 0:
+            samples.append((n, rss_mb(pid)))
+        return 0.0
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    after_warmup = next(mb for n, mb in samples if n >= warmup)
+    async with http_pool(base, concurrency, timeout=60) as http:
+        replies = await closed_loop(http, concurrency, items, requests_of(requests, len(items)), pause=every_100)
+    after_warmup = next((mb for n, mb in samples if n >= warmup), samples[-1][1])
     return {
         "requests": requests,
         "concurrency": concurrency,
-        "statuses": dict(statuses),
+        "statuses": statuses(replies),
         "rss_mb_start": round(samples[0][1], 1),
         "rss_mb_after_warmup": round(after_warmup, 1),
         "rss_mb_end": round(samples[-1][1], 1),
@@ -353,11 +335,11 @@ def slow_clients(base: str, pid: int, connections: int, seconds: float, byte_eve
 def disconnect_storm(base: str, n: int, seed: int = 0) -> dict[str, object]:
     """`n` connections that each go away at a different stage, then /metrics: how many 500s (there must be none)."""
     port = port_of(base)
-    items = load_items(DATA, slice(112, 140))
+    items = held_out_items()
     rnd = random.Random(seed)
     kinds = ["connect", "mid_head", "mid_upload", "queued", "during_413_drain"]
     done: Counter[str] = Counter()
-    before = httpx.get(base + "/metrics").text
+    before = metric_by(httpx.get(base + "/metrics").text, "qa_requests_total", "outcome", endpoint="/answer")
     for i in range(n):
         kind = kinds[i % len(kinds)]
         body = json.dumps(items[rnd.randrange(len(items))]).encode()
@@ -374,16 +356,9 @@ def disconnect_storm(base: str, n: int, seed: int = 0) -> dict[str, object]:
             time.sleep(rnd.uniform(0.0, 0.05))
         done[kind] += 1
     time.sleep(2.0)  # the server notices the last ones
-    after = httpx.get(base + "/metrics").text
-
-    def outcomes(text: str) -> Counter[str]:
-        found: Counter[str] = Counter()
-        for m in re.finditer(r'^qa_requests_total\{endpoint="/answer",outcome="(\d+)"\} ([0-9.e+]+)$', text, re.M):
-            found[m.group(1)] += float(m.group(2))
-        return found
-
-    delta = outcomes(after)
-    delta.subtract(outcomes(before))
+    after = metric_by(httpx.get(base + "/metrics").text, "qa_requests_total", "outcome", endpoint="/answer")
+    delta = Counter(after)
+    delta.subtract(before)
     return {
         "disconnects": dict(done),
         # /answer's outcomes; a "queued" client may have had its 200 before it left, on a fast model
@@ -392,17 +367,15 @@ def disconnect_storm(base: str, n: int, seed: int = 0) -> dict[str, object]:
     }
 
 
-def plot_rss(result: dict[str, object], path: Path, command: str) -> None:
-    import matplotlib  # noqa: PLC0415 - an optional package, only for --plot
+def plot_rss(result: dict[str, Any], path: Path, command: str) -> None:
+    from matplotlib.figure import Figure  # noqa: PLC0415 - an optional package, only for --plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    rss = list(result["rss_mb_every_100"])  # type: ignore[call-overload]
+    rss = list(result["rss_mb_every_100"])
     x = [100 * i for i in range(len(rss))]
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    fig = Figure(figsize=(7, 3.2), dpi=110)
+    ax = fig.subplots()
     ax.plot(x, rss, marker="o", markersize=3, label="server RSS")
-    ax.axhline(float(result["rss_mb_after_warmup"]), color="grey", linestyle="--", linewidth=1, label="after warmup")  # type: ignore[arg-type]
+    ax.axhline(float(result["rss_mb_after_warmup"]), color="grey", linestyle="--", linewidth=1, label="after warmup")
     ax.set_xlabel("requests served")
     ax.set_ylabel("RSS (MB)")
     ax.set_ylim(0, max(rss) * 1.15)
@@ -415,7 +388,8 @@ def plot_rss(result: dict[str, object], path: Path, command: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["hol", "overload", "soak", "headers", "slow", "disconnects"])
+    ap.add_argument("experiment", nargs="?", choices=EXPERIMENTS)
+    ap.add_argument("--mode", choices=EXPERIMENTS, default=None, help="the experiment, as a flag instead")
     ap.add_argument("--model-dir", default=None, help="bundle to serve (default: the shipped models/default)")
     ap.add_argument("--clients", type=int, default=None, help="overload: concurrent clients (64); headers: (16)")
     ap.add_argument(
@@ -434,20 +408,28 @@ def main() -> None:
     ap.add_argument("--body-timeout", type=float, default=None, help="slow: QA_BODY_TIMEOUT_S (default: its default)")
     ap.add_argument("--disconnects", type=int, default=100, help="disconnects: connections that go away")
     args = ap.parse_args()
-    if args.experiment == "hol":
+    if args.mode and args.experiment and args.mode != args.experiment:
+        ap.error(f"two experiments named: {args.experiment} and --mode {args.mode}")
+    experiment = args.mode or args.experiment
+    if experiment is None:
+        ap.error(f"name an experiment: one of {', '.join(EXPERIMENTS)}")
+    clients = args.clients or DEFAULT_CLIENTS.get(experiment, 0)
+    seconds = args.seconds or DEFAULT_SECONDS.get(experiment, 0.0)
+    result: dict[str, Any]
+    if experiment == "hol":
         with server({}, args.model_dir) as (_, base):
             result = asyncio.run(hol(base))
-    elif args.experiment == "overload":
+    elif experiment == "overload":
         env = {"QA_MAX_QUEUE_WINDOWS": "16", "QA_MAX_WINDOWS_PER_REQUEST": "16", "QA_REQUEST_TIMEOUT_S": "2"}
         with server(env, args.model_dir) as (_, base):
-            result = asyncio.run(overload(base, args.clients or 64, args.seconds or 30.0))
-    elif args.experiment == "soak":
+            result = asyncio.run(overload(base, clients, seconds))
+    elif experiment == "soak":
         with server({}, args.model_dir) as (proc, base):
             result = asyncio.run(soak(base, proc.pid, args.requests, args.concurrency, args.warmup))
-    elif args.experiment == "headers":
+    elif experiment == "headers":
         with server({}, args.model_dir) as (proc, base):
-            result = header_flood(base, proc.pid, args.clients or 16, args.header_mib)
-    elif args.experiment == "slow":
+            result = header_flood(base, proc.pid, clients, args.header_mib)
+    elif experiment == "slow":
         env = {}
         if args.header_timeout is not None:
             env["QA_HEADER_TIMEOUT_S"] = str(args.header_timeout)
@@ -463,9 +445,9 @@ def main() -> None:
         with server({}, args.model_dir) as (_, base):
             result = disconnect_storm(base, args.disconnects)
     command = " ".join(["python", *sys.argv])
-    if args.experiment == "soak" and args.plot is not None:
+    if experiment == "soak" and args.plot is not None:
         plot_rss(result, args.plot, command)
-    print(json.dumps({"experiment": args.experiment, "command": command, **result}, ensure_ascii=False))
+    print(json.dumps({"experiment": experiment, "command": command, **result}, ensure_ascii=False))
 
 
 if __name__ == "__main__":

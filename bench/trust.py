@@ -2,7 +2,7 @@
 through a running service on the KorQuAD test split (articles 112-139).
 
     python bench/trust.py                                  # the shipped bundle, docs/calibration_test.png
-    python bench/trust.py --bundle runs/my-bundle --out /tmp/trust --articles 112:140
+    python bench/trust.py --bundle runs/my-bundle --plot /tmp/trust.png --articles 112:140
 
 It serves the bundle twice, once as shipped and once with its score map set to the identity (the raw softmax share,
 for comparison), and sends every test question:
@@ -27,21 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure  # every run draws the diagram
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/trust.py` finds the bench package
 
-from bench.service import server  # noqa: E402
-from model_export.data import Example, cross_article_pairs, load_squad  # noqa: E402
-from model_export.metrics import exact_match, f1  # noqa: E402
-from model_export.score_map import ece  # noqa: E402
+from bench.common import DATA, REPO, TEST_SPEC, server
+from model_export.data import Example, cross_article_pairs, load_squad
+from model_export.metrics import exact_match, f1
+from model_export.score_map import ece
 
-DATA = REPO.parent / "shared" / "data" / "korquad" / "KorQuAD_v1.0_dev.json"
 BATCH = 16  # items per /batch_answer call
 CLIENTS = 2
 
@@ -118,7 +113,8 @@ def identity_copy(bundle: Path, out: Path) -> Path:
 
 
 def reliability(rows: dict[str, dict[str, Any]], path: Path, title: str, bins: int = 10) -> None:
-    fig, ax = plt.subplots(figsize=(5.2, 5))
+    fig = Figure(figsize=(5.2, 5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
     for (name, r), marker in zip(rows.items(), "os", strict=False):
         scores, right = r["_scores"], r["_right"]
@@ -134,14 +130,13 @@ def reliability(rows: dict[str, dict[str, Any]], path: Path, title: str, bins: i
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=REPO / "models" / "default")
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--articles", default="112:140")
+    ap.add_argument("--articles", default=TEST_SPEC)
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "calibration_test.png")
     args = ap.parse_args(argv)
     own = load_squad(args.data, args.articles)
