@@ -1,15 +1,19 @@
-"""Load, overload, head-of-line, soak and hostile-client experiments against a real `python -m app` process.
+"""Load, overload, fairness, admission, soak and hostile-client experiments against a real `python -m app` process.
 
     python bench/resilience.py hol          # small requests while a big /batch_answer runs; the 1 MB body
     python bench/resilience.py overload     # queue 16 windows, deadline 2 s, 64 clients for 30 s
+    python bench/resilience.py starvation   # a 5-window request 10 times among 8 clients looping one-window questions
+    python bench/resilience.py mixed        # 50 clients, 60 s, contexts of 1-6 paragraphs: latency and 504s by windows
+    python bench/resilience.py admission    # a burst, then, idle, a ~101-window /batch_answer: admitted? (5 times)
     python bench/resilience.py soak         # RSS over 2,000 requests at concurrency 4
     python bench/resilience.py headers      # 16 clients send 1 MiB headers: status and time of each, RSS, /livez
     python bench/resilience.py slow         # 250 slow-header and slow-body connections: still open after the timeouts?
     python bench/resilience.py disconnects  # 100 mixed disconnects (mid-upload among them), then /metrics' 500s
 
-The experiment may also be named with --mode (`--mode soak`). Each starts its own server on a free port with
+The experiment may also be named with --mode (`--mode starvation`). Each starts its own server on a free port with
 the settings it needs (the shipped model unless --model-dir says otherwise), drives it from this process, and
-prints one JSON object. --clients and --seconds size the experiments that take them (defaults in --help).
+prints one JSON object. --clients, --seconds and --repeats size the experiments that take them (defaults in
+--help); docs/benchmarks.md says what each field means.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import random
 import re
 import select
 import socket
+import statistics
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +40,34 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/resilience.py` finds the bench package
 
-from app.settings import Settings
+from app.settings import DEFAULT_MODEL_DIR, Settings
 from bench.common import (
     DATA,
+    Item,
     Reply,
     closed_loop,
     describe,
     held_out_items,
+    held_out_paragraphs,
+    join,
     joined_paragraphs,
     latency_ms,
     metric,
     metric_by,
+    open_model,
     post,
+    rate,
     requests_of,
     server,
     statuses,
     until,
+    windows_needed,
 )
 
-EXPERIMENTS = ("hol", "overload", "soak", "headers", "slow", "disconnects")
-DEFAULT_CLIENTS = {"overload": 64, "headers": 16}
-DEFAULT_SECONDS = {"overload": 30.0}
+EXPERIMENTS = ("hol", "overload", "starvation", "mixed", "admission", "soak", "headers", "slow", "disconnects")
+DEFAULT_CLIENTS = {"overload": 64, "headers": 16, "starvation": 8, "mixed": 50, "admission": 32}
+DEFAULT_SECONDS = {"overload": 30.0, "mixed": 60.0}
+DEFAULT_REPEATS = {"starvation": 10, "admission": 5}
 
 
 def rss_mb(pid: int) -> float:
@@ -142,6 +154,166 @@ async def overload(base: str, clients: int, seconds: float) -> dict[str, object]
         "windows_for_200s": ok_windows,
         "share_of_computed_windows_for_200s": round(ok_windows / computed, 3) if computed else None,
         "p99_ms_of_200s": latency_ms([r.seconds for r in ok], (0.99,))["p99_ms"],
+    }
+
+
+# --------------------------------------------------------------------------- fairness: starvation, mixed traffic
+LONG_WINDOWS = 5
+STARVATION_BOUND = 12  # the issue's bar: the long request's latency within 12x its idle latency
+
+
+async def long_request(http: httpx.AsyncClient, items: Sequence[Item], windows: int) -> Item:
+    """As tests/integration/test_fairness.py builds it: distinct test paragraphs joined, one more at a time, until
+    the service reports `windows` windows for the first one's question; from the next paragraph on if a join
+    jumps past `windows`."""
+    contexts = list(dict.fromkeys(it["context"] for it in items))  # distinct, in order
+    questions = {it["context"]: it["question"] for it in reversed(items)}  # each paragraph's first question
+    for start, first in enumerate(contexts):
+        parts: list[str] = []
+        for context in contexts[start:]:
+            parts.append(context)
+            body = {"question": questions[first], "context": "\n".join(parts)}
+            reply = await post(http, "/answer", body)
+            if reply.status != 200:
+                raise RuntimeError(f"building the {windows}-window request: {reply.status} {reply.body}")
+            if reply.body["windows"] >= windows:
+                break
+        if reply.body["windows"] == windows:
+            return body
+    raise RuntimeError(f"no run of test paragraphs makes exactly {windows} windows")
+
+
+def starvation_report(idle: Sequence[float], longs: Sequence[Reply], looping: Sequence[Reply], t0: float, t1: float):
+    """The long request's runs against its idle median, and what the looping clients got meanwhile."""
+    idle_s = statistics.median(idle)
+    during = [r for r in looping if t0 <= r.ended <= t1]
+    return {
+        "long_windows": LONG_WINDOWS,
+        "idle_ms": [round(1000 * s, 1) for s in idle],
+        "idle_median_ms": round(1000 * idle_s, 1),
+        "runs": [
+            {"status": r.status, "ms": round(1000 * r.seconds, 1), "x_idle": round(r.seconds / idle_s, 2)}
+            for r in longs
+        ],
+        f"runs_200_within_{STARVATION_BOUND}x_idle": sum(
+            r.status == 200 and r.seconds <= STARVATION_BOUND * idle_s for r in longs
+        ),
+        "repeats": len(longs),
+        "clients_meanwhile": {"throughput_rps": rate(len(during), t1 - t0), **describe(during)},
+    }
+
+
+async def starvation(base: str, model_dir: Path, clients: int, repeats: int) -> dict[str, object]:
+    items = held_out_items()
+    needed = windows_needed(open_model(model_dir, load=False), items)
+    one_window = [it for it, n in zip(items, needed, strict=True) if n == 1]
+    async with http_pool(base, clients) as http:
+        long = await long_request(http, items, LONG_WINDOWS)
+        idle = [(await post(http, "/answer", long)).seconds for _ in range(3)]  # alone: the median is the bar's base
+        stop = asyncio.Event()
+        looping: list[Reply] = []
+        loop = asyncio.create_task(
+            closed_loop(http, clients, one_window, until(stop.is_set, len(one_window)), replies=looping)
+        )
+        while len(looping) < 2 * clients and not loop.done():  # every client is looping
+            await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        longs = [await post(http, "/answer", long) for _ in range(repeats)]
+        t1 = time.perf_counter()
+        stop.set()
+        await loop
+    return {"clients": clients, **starvation_report(idle, longs, looping, t0, t1)}
+
+
+MIXED_MAX_PARAGRAPHS = 6  # 1 to 6 consecutive paragraphs: requests of 1 to about 8 windows
+
+
+def mixed_items(seed: int = 0) -> list[Item]:
+    """One item per test paragraph: it and the next 0 to 5 joined (seeded), the last one's question; shuffled."""
+    rng = random.Random(seed)
+    paragraphs = held_out_paragraphs()
+    items = [join(paragraphs[i : i + rng.randint(1, MIXED_MAX_PARAGRAPHS)]) for i in range(len(paragraphs))]
+    rng.shuffle(items)
+    return items
+
+
+def mixed_report(replies: Sequence[Reply], needed: Sequence[int], wall: float) -> dict[str, object]:
+    """Replies grouped by the windows their request needed."""
+    by: defaultdict[int, list[Reply]] = defaultdict(list)
+    for r in replies:
+        by[needed[r.item]].append(r)
+    return {
+        "requests": len(replies),
+        "throughput_rps": rate(len(replies), wall),
+        "statuses": statuses(replies),
+        "504_needing_at_most_4_windows": sum(r.status == 504 and needed[r.item] <= 4 for r in replies),
+        # the service's own count against ours: they must agree, or the grouping is wrong
+        "200s_reporting_other_windows": sum(
+            r.status == 200 and r.body.get("windows") != needed[r.item] for r in replies
+        ),
+        "by_windows_needed": {str(w): describe(by[w]) for w in sorted(by)},
+    }
+
+
+async def mixed(base: str, model_dir: Path, clients: int, seconds: float) -> dict[str, object]:
+    items = mixed_items()
+    needed = windows_needed(open_model(model_dir, load=False), items)
+    async with http_pool(base, clients) as http:
+        t0 = time.perf_counter()
+        replies = await closed_loop(http, clients, items, until(stop_after(seconds), len(items)))
+        wall = time.perf_counter() - t0
+    return {"clients": clients, "seconds": seconds, **mixed_report(replies, needed, wall)}
+
+
+# --------------------------------------------------------------------------- admission after a burst
+def big_batch(model_dir: Path, windows: int, max_items: int) -> tuple[list[Item], int]:
+    """Test items of consecutive paragraphs (3 per context, more if 3 would need over `max_items` items) whose
+    windows add up to `windows` or just over: a /batch_answer body; with the windows it needs."""
+    model = open_model(model_dir, load=False)
+    for per_context in range(3, MIXED_MAX_PARAGRAPHS + 1):
+        pool = joined_paragraphs(DATA, len(held_out_paragraphs()) - per_context + 1, per_context)
+        items, total = [], 0
+        for item, n in zip(pool, windows_needed(model, pool), strict=True):
+            if total >= windows:
+                break
+            items.append(item)
+            total += n
+        if len(items) <= max_items:
+            return items, total
+    raise RuntimeError(f"{windows} windows do not fit {max_items} items")
+
+
+async def admission(base: str, model_dir: Path, burst: int, repeats: int, windows: int, idle_s: float):
+    items, needed = big_batch(model_dir, windows, Settings().max_batch_items)
+    body = {"items": items}
+    burst_items = joined_paragraphs(DATA, burst, 3)
+    runs = []
+    async with http_pool(base, burst) as http:
+        for _ in range(repeats):
+            # concurrent multi-window requests: contention inflates the server's estimate of a window's cost
+            burst_replies = await asyncio.gather(*(post(http, "/answer", it) for it in burst_items))
+            await asyncio.sleep(idle_s)
+            queued = metric((await http.get("/metrics")).text, "qa_queue_windows")
+            r = await post(http, "/batch_answer", body)
+            runs.append(
+                {
+                    "burst_statuses": statuses(burst_replies),
+                    "queue_windows_before": int(queued),
+                    "status": r.status,
+                    "seconds": round(r.seconds, 2),
+                    "windows": sum(x["windows"] for x in r.body["results"]) if r.status == 200 else None,
+                    "error": r.body.get("error", {}).get("code"),
+                }
+            )
+    return {
+        "items": len(items),
+        "windows_needed": needed,
+        "body_kB": len(json.dumps(body, ensure_ascii=False).encode()) // 1000,
+        "burst": burst,
+        "idle_s": idle_s,
+        "runs": runs,
+        "admitted": sum(r["status"] == 200 for r in runs),
+        "repeats": repeats,
     }
 
 
@@ -391,10 +563,27 @@ def main() -> None:
     ap.add_argument("experiment", nargs="?", choices=EXPERIMENTS)
     ap.add_argument("--mode", choices=EXPERIMENTS, default=None, help="the experiment, as a flag instead")
     ap.add_argument("--model-dir", default=None, help="bundle to serve (default: the shipped models/default)")
-    ap.add_argument("--clients", type=int, default=None, help="overload: concurrent clients (64); headers: (16)")
     ap.add_argument(
-        "--seconds", type=float, default=None, help="overload: duration (30); slow: (both timeouts passed, plus 5 s)"
+        "--clients",
+        type=int,
+        default=None,
+        help="overload: concurrent clients (64); headers (16); starvation: clients looping one-window questions "
+        "(8); mixed (50); admission: concurrent requests in each burst (32)",
     )
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="overload: duration (30); mixed (60); slow: (both timeouts passed, plus 5 s)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="starvation: 5-window requests, one after another (10); admission: burst-then-batch rounds (5)",
+    )
+    ap.add_argument("--windows", type=int, default=101, help="admission: windows the big /batch_answer needs")
+    ap.add_argument("--idle", type=float, default=0.5, help="admission: seconds idle between burst and batch")
     ap.add_argument("--requests", type=int, default=2000, help="soak: requests")
     ap.add_argument("--concurrency", type=int, default=4, help="soak: concurrent clients")
     ap.add_argument("--warmup", type=int, default=200, help="soak: requests before the RSS baseline")
@@ -415,6 +604,8 @@ def main() -> None:
         ap.error(f"name an experiment: one of {', '.join(EXPERIMENTS)}")
     clients = args.clients or DEFAULT_CLIENTS.get(experiment, 0)
     seconds = args.seconds or DEFAULT_SECONDS.get(experiment, 0.0)
+    repeats = args.repeats or DEFAULT_REPEATS.get(experiment, 0)
+    model_dir = Path(args.model_dir or DEFAULT_MODEL_DIR)  # where the windows a request needs are counted
     result: dict[str, Any]
     if experiment == "hol":
         with server({}, args.model_dir) as (_, base):
@@ -423,6 +614,15 @@ def main() -> None:
         env = {"QA_MAX_QUEUE_WINDOWS": "16", "QA_MAX_WINDOWS_PER_REQUEST": "16", "QA_REQUEST_TIMEOUT_S": "2"}
         with server(env, args.model_dir) as (_, base):
             result = asyncio.run(overload(base, clients, seconds))
+    elif experiment == "starvation":
+        with server({}, args.model_dir) as (_, base):
+            result = asyncio.run(starvation(base, model_dir, clients, repeats))
+    elif experiment == "mixed":
+        with server({}, args.model_dir) as (_, base):
+            result = asyncio.run(mixed(base, model_dir, clients, seconds))
+    elif experiment == "admission":
+        with server({}, args.model_dir) as (_, base):
+            result = asyncio.run(admission(base, model_dir, clients, repeats, args.windows, args.idle))
     elif experiment == "soak":
         with server({}, args.model_dir) as (proc, base):
             result = asyncio.run(soak(base, proc.pid, args.requests, args.concurrency, args.warmup))
