@@ -1,0 +1,1 @@
+"""Benchmarks and experiments against the engine and the running service; docs/benchmarks.md describes each."""
