@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from app.engine.bundle import verify_bundle
 from app.main import create_app
 from app.settings import DEFAULT_MODEL_DIR, Settings
 from bench.reader_passages import make_cases
-from model_export.data import load_squad
+from model_export.data import cross_article_pairs, load_squad
 from model_export.metrics import score
 from tests.support.tiny_model import KORQUAD_DEV
 
@@ -80,9 +81,6 @@ def test_default_model_reads_gold_paragraph_among_distractors(client):
 
 def test_default_model_abstains_on_other_articles_paragraphs(client):
     """Its trained null answer and tuned threshold: a paragraph from another article gets no answer."""
-    import random
-
-    from model_export.data import cross_article_pairs
 
     manifest = verify_bundle(DEFAULT_MODEL_DIR)
     assert manifest.null_threshold != 0.0 and manifest.score_calibration != (1.0, 0.0)

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from app.engine.bundle import BundleError, read_manifest, verify_bundle
+from app.engine.runtime import OrtRuntime
 from app.engine.windows import WindowSpec, encode_pairs, make_windows, pad_batch, pad_token_id
 from model_export.bundle import BundleTooLarge, write_bundle
 from model_export.checkpoint import load_tokenizer
@@ -144,7 +145,6 @@ def test_bundle_size_budget_is_enforced(tiny_bundle: Path, tmp_path: Path) -> No
 
 
 def test_runtime_feeds_exactly_the_graph_inputs(tiny_bundle: Path) -> None:
-    from app.engine.runtime import OrtRuntime
 
     runtime = OrtRuntime(tiny_bundle / "model.onnx", INPUTS, OUTPUTS, providers="cpu")
     assert runtime.input_names == INPUTS

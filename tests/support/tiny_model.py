@@ -7,6 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from model_export.data import load_squad
+
 # ../shared beside the checkout, as on developer machines and in CI
 REPO = Path(__file__).resolve().parents[2]
 KORQUAD_DEV = Path(os.environ.get("KORQUAD_DEV", REPO.parent / "shared" / "data" / "korquad" / "KorQuAD_v1.0_dev.json"))
@@ -34,7 +38,6 @@ TINY_CONFIG = {
 
 def corpus_texts(path: Path = KORQUAD_DEV, articles: str = TRAIN_ARTICLES) -> list[str]:
     """Every distinct context and question of the training articles, plus a few English sentences."""
-    from model_export.data import load_squad
 
     texts: dict[str, None] = {}
     for e in load_squad(path, articles):
@@ -45,7 +48,6 @@ def corpus_texts(path: Path = KORQUAD_DEV, articles: str = TRAIN_ARTICLES) -> li
 
 def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> object:
     """A BERT-style WordPiece tokenizer; accents kept because stripping them decomposes Hangul."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -66,8 +68,8 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> object:
 
 def build_tiny_hf_model(out_dir: Path, seed: int = SEED) -> Path:
     """config.json, model.safetensors and tokenizer.json of a randomly initialised BertForQuestionAnswering."""
-    import torch
-    from transformers import BertConfig, BertForQuestionAnswering
+    import torch  # noqa: PLC0415 - torch and transformers load only when a model is built
+    from transformers import BertConfig, BertForQuestionAnswering  # noqa: PLC0415 - torch and transformers load only when a model is built
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +91,7 @@ def build_tiny_bundle(out_dir: Path, hf_dir: Path | None = None) -> Path:
 
     Layout others rely on: out_dir/hf (the checkpoint), out_dir/onnx (export work files), out_dir/bundle.
     """
-    from model_export.bundle_checkpoint import BundleOptions, bundle_checkpoint
+    from model_export.bundle_checkpoint import BundleOptions, bundle_checkpoint  # noqa: PLC0415 - torch and transformers load only when a model is built
 
     out_dir = Path(out_dir)
     hf = hf_dir if hf_dir is not None else build_tiny_hf_model(out_dir / "hf")

@@ -10,6 +10,7 @@ import pytest
 
 from app.engine.batcher import Batcher, CostModel
 from app.engine.errors import DeadlineExceeded, InferenceFailed, InputTooLarge, Overloaded, ShuttingDown
+from app.engine.runtime import HeapTrimmer
 
 
 class Win:
@@ -289,7 +290,6 @@ async def test_a_long_request_among_looping_one_window_clients_finishes_within_i
 
 
 def test_heap_trimmer_trims_after_large_batches_at_most_once_a_second():
-    from app.engine.runtime import HeapTrimmer
 
     trimmer = HeapTrimmer(min_tokens=385)
     calls: list[int] = []
