@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -21,6 +22,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 EXAMPLES = 500  # per operation; the three QA operations alone make 1,500 cases
 
 
+@pytest.mark.slow  # 20 s of fuzzing: the full suite runs it, the edit loop does not
 def test_contract() -> None:
     """Every operation fuzzed in one test, so that the count below does not depend on test order (or on which
     worker runs which test)."""

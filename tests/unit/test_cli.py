@@ -51,6 +51,7 @@ def test_bad_value_exits_2_with_the_setting_named(capsys):
     assert "port" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # loads and warms up the shipped model
 def test_check_verifies_the_default_bundle(capsys):
     assert main(["--check", "--port", "8123"]) == 0
     out = capsys.readouterr().out
