@@ -35,9 +35,7 @@ def load(settings: Settings) -> Any:
     """The app with its engine verified, loaded and warmed up (QAEngine.load); raises BundleError."""
     app = create_app(settings)
     engine: Engine = app.state.engine
-    loader = getattr(engine, "load", None)  # the Engine protocol's fakes have nothing to load
-    if loader is not None:
-        loader()
+    engine.load()
     return app
 
 
