@@ -76,6 +76,21 @@ def test_null_map_separates_answerable_from_cross_article_pairs():
     assert np.isfinite([a2, b2]).all()
 
 
+def test_null_map_stays_a_probability_when_the_classes_barely_overlap():
+    """The shipped model's dev slice: answerable and cross-article margins overlap in a handful of pairs, and some
+    cross-article pairs have no candidate at all. Plain Newton steps overshot there (slope 9e7: no_answer_score
+    became a 0/1 step); the fit must stay finite and graded, with its boundary between the two clouds."""
+    rng = np.random.default_rng(0)
+    own = np.concatenate([rng.normal(-12, 5, 258), [-1.0, 0.5, 3.0]])
+    cross = np.concatenate([rng.normal(14, 5, 240), np.full(18, np.inf), [2.0, 4.0, 6.0]])
+    alpha, beta = fit_null(own, cross)
+    assert 0 < alpha < 5
+    m = ScoreMap(null=(alpha, beta))
+    assert 0.05 < m.no_answer(0.0) < 0.95  # graded where the clouds meet
+    assert m.no_answer(-20.0) < 0.01 and m.no_answer(30.0) > 0.99
+    assert -beta / alpha == pytest.approx(np.median([own.max(), cross[np.isfinite(cross)].min()]), abs=8)
+
+
 def test_ece_and_log_loss():
     scores = np.array([0.9, 0.9, 0.1, 0.1])
     right = np.array([1, 1, 0, 0])
