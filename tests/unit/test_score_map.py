@@ -77,9 +77,10 @@ def test_null_map_separates_answerable_from_cross_article_pairs():
 
 
 def test_null_map_stays_a_probability_when_the_classes_barely_overlap():
-    """The shipped model's dev slice: answerable and cross-article margins overlap in a handful of pairs, and some
-    cross-article pairs have no candidate at all. Plain Newton steps overshot there (slope 9e7: no_answer_score
-    became a 0/1 step); the fit must stay finite and graded, with its boundary between the two clouds."""
+    """Like the shipped model's dev slice, where plain Newton steps overshot (slope 9e7: no_answer_score became a
+    0/1 step): answerable and cross-article margins overlap in a handful of pairs; some cross-article pairs with no
+    candidate at all (an infinite margin) are added. The fit must stay finite and graded, with its boundary
+    between the two clouds."""
     rng = np.random.default_rng(0)
     own = np.concatenate([rng.normal(-12, 5, 258), [-1.0, 0.5, 3.0]])
     cross = np.concatenate([rng.normal(14, 5, 240), np.full(18, np.inf), [2.0, 4.0, 6.0]])
