@@ -179,7 +179,10 @@ class ScoreMap:
         if self.kind == "identity":
             return shares
         top = calibrated(float(shares[0]), self.params, margin)  # type: ignore[arg-type]
-        rest = shares[1:] * ((1 - top) / max(1 - shares[0], 1e-12))
+        # the runner-ups' own sum, not 1 - shares[0]: that difference cancels when the best share is near 1, and
+        # the rescaled rest then sums past 1 - top (logits 26 and 0: a total of 1 + 7e-8)
+        tail = shares[1:].sum()
+        rest = shares[1:] * ((1 - top) / tail) if tail > 0 else shares[1:]
         # the map may lower the best share below a runner-up's rescaled one; never reorder
         return np.concatenate([[top], np.minimum(rest, top)])
 

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from app.engine.spans import (
@@ -358,6 +358,7 @@ def test_min_score_keeps_answers_at_or_above_it_and_replaces_the_no_answer_rule(
     b=st.floats(-3, 3),
     margin=st.floats(-20, 20),
 )
+@example(logits=np.array([26.0, 0.0]), kind="platt", t=1.0, a=0.25, b=0.0, margin=0.0)  # 1 - share cancelled
 def test_score_maps_are_probabilities_that_follow_the_ranking(logits, kind, t, a, b, margin):
     params = {"identity": (), "temperature": (t,), "platt": (a, b)}[kind]
     m = ScoreMap(kind, params, (1.5, -2.0))
